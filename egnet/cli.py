@@ -1,0 +1,199 @@
+"""`egnet`: one subcommand per pipeline step (DESIGN.md "CLI contract").
+
+Every step takes ``--params FILE`` (default params.yaml), ``--profile NAME`` and
+``--set section.key=value`` (repeatable). Exit codes: 0 success; 1 the step ran
+and found a problem (bad data, gate refused); 2 usage or configuration error.
+Step modules are imported lazily so ``egnet --help`` answers at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from egnet.errors import EgnetError
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+        if w <= 0 or h <= 0:
+            raise ValueError
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT, e.g. 1024x512, got {text!r}") from None
+    return w, h
+
+
+def _common() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("configuration (params.yaml < profile < --set)")
+    g.add_argument("--params", type=Path, default=None, metavar="FILE",
+                   help="params file (default: ./params.yaml)")
+    g.add_argument("--profile", default=None, metavar="NAME",
+                   help="overlay configs/NAME.yaml on params.yaml (default: its `profile` key)")
+    g.add_argument("--set", dest="overrides", action="append", default=[], metavar="SEC.KEY=VALUE",
+                   help="override one param, value parsed as YAML (repeatable), e.g. --set train.lr=0.01")
+    return p
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    pass
+
+
+def _add(sub, name: str, handler: str, help: str, description: str | None = None):
+    """Add a leaf command; ``handler`` is 'module:function' taking (args, cfg) and returning an exit code."""
+    p = sub.add_parser(name, help=help, description=description or help,
+                       parents=[_common()], formatter_class=_Formatter)
+    p.set_defaults(handler=handler)
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="egnet",
+        description="NightCity night-time semantic segmentation (EGNet): data steps, training, "
+                    "evaluation and the MLflow model registry.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Run `egnet COMMAND --help` for a command's options. Docs: README.md, docs/.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    # --- data ------------------------------------------------------------
+    data = sub.add_parser("data", help="NightCity data steps: synth, import, validate, split, stats")
+    dsub = data.add_subparsers(dest="data_command", metavar="STEP", required=True)
+
+    p = _add(dsub, "synth", "egnet.data.synth:main",
+             "generate synthetic night street scenes in the NightCity release layout",
+             "Procedural night scenes (road, buildings, cars with headlights, lights, persons, ...)\n"
+             "written exactly as the NightCity release is laid out, with a train/val split.\n"
+             "Deterministic for a seed. Used by the demo and the tests; the real data cannot\n"
+             "be downloaded here.")
+    p.add_argument("--out", type=Path, required=True, help="output dataset root (replaced atomically)")
+    p.add_argument("--num", type=int, default=None, help="number of scenes (default: data.synth_num)")
+    p.add_argument("--seed", type=int, default=None, help="random seed (default: data.synth_seed)")
+    p.add_argument("--size", type=_size, default=None, help="WIDTHxHEIGHT (default: data.image_size)")
+
+    p = _add(dsub, "import", "egnet.data.importer:main",
+             "bring a downloaded NightCity release (folders or zips) into the layout, verifying it")
+    p.add_argument("src", type=Path, help="folder holding the release folders or its .zip files")
+    p.add_argument("--out", type=Path, default=Path("data/nightcity"), help="dataset root to create")
+    p.add_argument("--dvc-add", action="store_true", help="`dvc add` the result (in a DVC repo)")
+
+    p = _add(dsub, "validate", "egnet.data.validate:main",
+             "check every image/label pair (never modifies the data)",
+             "Checks: both files decode; image 8-bit RGB; label 8-bit single channel; sizes\n"
+             "(data.image_size, or 2x for NightCity+ labels); label values are Cityscapes\n"
+             "labelIds; no orphans; no duplicate content; names follow <City>_<NNNN>.\n"
+             "Exit 1 listing the first problems when anything is bad. With --quarantine the\n"
+             "bad pairs go to a list later steps skip, and the exit is 0 if at least\n"
+             "data.min_good_pairs good pairs remain.")
+    p.add_argument("data", type=Path, help="dataset root")
+    p.add_argument("--report", type=Path, default=None, help="write the JSON report here")
+    p.add_argument("--quarantine", type=Path, default=None,
+                   help="write bad stems here (later steps skip them); DATA/quarantine.txt is read by default")
+
+    p = _add(dsub, "split", "egnet.data.split:main", "write train.txt / test.txt and a split report")
+    p.add_argument("data", type=Path, help="dataset root")
+    p.add_argument("--out", type=Path, required=True, help="output directory")
+    p.add_argument("--mode", choices=["official", "stratified"], default=None,
+                   help="official: release folders; stratified: pooled re-split (default: split.mode)")
+    p.add_argument("--seed", type=int, default=None, help="seed for stratified (default: split.seed)")
+    p.add_argument("--quarantine", type=Path, default=None, help="stems to skip (default: DATA/quarantine.txt)")
+
+    p = _add(dsub, "stats", "egnet.data.stats:main",
+             "class-pixel and exposure statistics per split (paper Figs. 3 and 4)")
+    p.add_argument("data", type=Path, help="dataset root")
+    p.add_argument("--split", type=Path, required=True, help="directory with train.txt and test.txt")
+    p.add_argument("--out", type=Path, required=True, help="output directory (stats.json + PNG charts)")
+    p.add_argument("--quarantine", type=Path, default=None, help="stems to skip (default: DATA/quarantine.txt)")
+
+    # --- scoring ---------------------------------------------------------
+    p = _add(sub, "score", "egnet.score:main",
+             "score prediction PNGs from any tool with mIoU and the exposure-aware EF1/mEF1",
+             "Predictions are <stem>.png or <stem>_labelIds.png holding labelIds or trainIds\n"
+             "(detected and stated). Exposure is computed from the dataset's images.")
+    p.add_argument("pred_dir", type=Path, help="folder of prediction PNGs")
+    p.add_argument("--data", type=Path, required=True, help="dataset root")
+    p.add_argument("--split", type=Path, required=True, help="directory with test.txt")
+    p.add_argument("--out", type=Path, default=None, help="write metrics.json here")
+
+    # --- training --------------------------------------------------------
+    p = _add(sub, "train", "egnet.train:main",
+             "train EGNet (or a variant/baseline); one process or under torchrun",
+             "Single process:   egnet train --data DATA --split SPLIT --out OUT\n"
+             "One node, 4 GPUs: torchrun --nproc_per_node=4 -m egnet.cli train --data ...\n"
+             "Resumes from the latest checkpoint in --out unless --no-resume.")
+    p.add_argument("--data", type=Path, required=True, help="dataset root")
+    p.add_argument("--split", type=Path, required=True, help="directory with train.txt and test.txt")
+    p.add_argument("--out", required=True, help="output directory or s3://bucket/prefix")
+    p.add_argument("--no-resume", action="store_true", help="start fresh even if checkpoints exist")
+    p.add_argument("--quarantine", type=Path, default=None, help="stems to skip (default: DATA/quarantine.txt)")
+
+    p = _add(sub, "evaluate", "egnet.evaluate:main",
+             "evaluate a checkpoint or registered model on the test split (mIoU, EF1, mEF1)")
+    p.add_argument("--data", type=Path, required=True, help="dataset root")
+    p.add_argument("--split", type=Path, required=True, help="directory with test.txt")
+    p.add_argument("--model", required=True, help="checkpoint path, train dir, or models:/NAME@ALIAS")
+    p.add_argument("--out", type=Path, required=True, help="output directory (metrics.json, charts)")
+
+    # --- registry --------------------------------------------------------
+    p = _add(sub, "register", "egnet.registry:register_main",
+             "log the trained model to its MLflow run and register a version (alias: challenger)")
+    p.add_argument("--train-dir", required=True, help="egnet train --out directory")
+    p.add_argument("--eval-dir", type=Path, required=True, help="egnet evaluate --out directory")
+    p.add_argument("--name", default=None, help="registered model name (default: register.model_name)")
+
+    p = _add(sub, "promote", "egnet.registry:promote_main",
+             "champion/challenger gate: move the champion alias if the challenger is better")
+    p.add_argument("--name", default=None, help="registered model name (default: register.model_name)")
+    p.add_argument("--version", default=None, help="version to consider (default: @challenger)")
+    p.add_argument("--rollback", action="store_true", help="make previous-champion the champion again")
+    p.add_argument("--dry-run", action="store_true", help="show the decision, change nothing")
+    p.add_argument("--force", action="store_true", help="promote even if the gate refuses")
+
+    p = _add(sub, "models", "egnet.registry:models_main",
+             "list registered versions with aliases, key metrics and data version")
+    p.add_argument("--name", default=None, help="registered model name (default: register.model_name)")
+
+    p = _add(sub, "compare", "egnet.registry:compare_main",
+             "compare MLflow runs: differing params and metric deltas against the first")
+    p.add_argument("run_ids", nargs="+", metavar="RUN_ID")
+    p.add_argument("--format", choices=["table", "markdown"], default="table")
+
+    p = _add(sub, "predict", "egnet.predict:main",
+             "segment images: colour mask, labelIds PNG and exposure map per image")
+    p.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
+    p.add_argument("--model", required=True, help="checkpoint path, train dir, or models:/NAME@ALIAS")
+    p.add_argument("--out", type=Path, required=True, help="output directory")
+
+    # --- demo (the main job until the pipeline lands) --------------------
+    p = _add(sub, "demo", "egnet.demo:main", "run the steps end to end on synthetic data and summarise")
+    p.add_argument("--workdir", type=Path, default=Path("local_outputs"), help="where outputs go")
+    p.add_argument("--data", type=Path, default=None,
+                   help="dataset root (default: data/nightcity if present, else synthetic data)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        from egnet.config import load_config
+
+        cfg = load_config(args.params, args.profile, args.overrides)
+        module, func = args.handler.split(":")
+        code = getattr(importlib.import_module(module), func)(args, cfg)
+    except EgnetError as exc:
+        print(f"egnet: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("egnet: interrupted", file=sys.stderr)
+        return 130
+    return int(code or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""NightCity data: layout, labels, exposure, and the data steps."""

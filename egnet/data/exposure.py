@@ -1,0 +1,60 @@
+"""The one definition of exposure (paper Sec. 3) used by stats, loss and metrics.
+
+Exposure of a pixel = HSV V = max(R, G, B) / 255, in [0, 1]. Ten equal bins
+[0, 0.1), [0.1, 0.2), ..., [0.8, 0.9), [0.9, 1.0]; the last bin is closed so
+V = 1.0 falls in bin 9. For 8-bit images the bin is computed in integers
+(``10 * max(R,G,B) // 255``), so no value lands in the wrong bin through
+floating-point rounding.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+NUM_BINS = 10
+BIN_EDGES: tuple[tuple[float, float], ...] = tuple((i / 10, (i + 1) / 10) for i in range(NUM_BINS))
+BIN_NAMES: tuple[str, ...] = tuple(
+    f"[{lo:.1f},{hi:.1f}{']' if i == NUM_BINS - 1 else ')'}" for i, (lo, hi) in enumerate(BIN_EDGES)
+)
+
+
+def value_map(image: np.ndarray) -> np.ndarray:
+    """HxWx3 uint8 RGB (or BGR: max is order-free) -> HxW float32 V map in [0, 1]."""
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"expected an HxWx3 image, got shape {image.shape}")
+    if image.dtype != np.uint8:
+        raise ValueError(f"expected uint8, got {image.dtype}")
+    return image.max(axis=2).astype(np.float32) / 255.0
+
+
+def bin_index(image_or_v: np.ndarray) -> np.ndarray:
+    """Exposure bin (0..9, uint8) per pixel.
+
+    Accepts an HxWx3 uint8 image (exact integer binning) or a float V map in [0, 1].
+    """
+    a = np.asarray(image_or_v)
+    if a.dtype == np.uint8:
+        v = a.max(axis=2) if a.ndim == 3 else a
+        return np.minimum(v.astype(np.uint16) * 10 // 255, NUM_BINS - 1).astype(np.uint8)
+    # float path: round to 1e-9 first so that 0.3 (stored as 0.299999...) lands in bin 3
+    scaled = np.floor(np.round(a.astype(np.float64) * 10, 9))
+    return np.clip(scaled, 0, NUM_BINS - 1).astype(np.uint8)
+
+
+def bin_index_torch(images: torch.Tensor) -> torch.Tensor:
+    """Nx3xHxW (or 3xHxW) uint8 tensor -> NxHxW (HxW) int64 bins, on the tensor's device."""
+    if images.dtype != torch.uint8:
+        raise ValueError(f"expected uint8, got {images.dtype}")
+    v = images.amax(dim=-3).long()
+    return torch.clamp(v * 10 // 255, max=NUM_BINS - 1)
+
+
+def value_map_torch(images: torch.Tensor) -> torch.Tensor:
+    """Nx3xHxW float RGB in [0, 1] (un-normalised) -> Nx1xHxW V map, the exposure target."""
+    return images.amax(dim=-3, keepdim=True)
+
+
+def histogram(image: np.ndarray) -> np.ndarray:
+    """Pixel count per exposure bin (int64, length 10) of one HxWx3 uint8 image."""
+    return np.bincount(bin_index(image).ravel(), minlength=NUM_BINS).astype(np.int64)
