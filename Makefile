@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
-.PHONY: run test install lint bench clean
+.PHONY: run test install lint bench clean image
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -31,3 +31,20 @@ bench: install
 
 clean:
 	rm -rf $(VENV) mlflow.db mlartifacts local_outputs outputs
+
+# Build and push the two images the cluster runs (docs/deploy.md): $(IMAGE):$(TAG), CUDA,
+# for training; $(IMAGE):$(TAG)-cpu for MLflow and the CPU steps. Needs a Docker engine
+# and `docker login` to the registry; set the same tags in k8s/overlays/*/kustomization.yaml.
+IMAGE ?= registry.example.com/egnet
+TAG ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo dev)
+IMAGE_ARGS = --build-arg VERSION=$(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml) \
+	--build-arg REVISION=$(shell git rev-parse HEAD 2>/dev/null || echo $(TAG)) \
+	--build-arg CREATED=$(shell date -u +%Y-%m-%dT%H:%M:%SZ) \
+	--build-arg SOURCE=$(shell git remote get-url origin 2>/dev/null || echo unknown)
+
+image:
+	docker build -f docker/Dockerfile $(IMAGE_ARGS) -t $(IMAGE):$(TAG) .
+	docker build -f docker/Dockerfile.cpu $(IMAGE_ARGS) -t $(IMAGE):$(TAG)-cpu .
+	docker push $(IMAGE):$(TAG)
+	docker push $(IMAGE):$(TAG)-cpu
+	@echo "pushed $(IMAGE):$(TAG) and $(IMAGE):$(TAG)-cpu"
