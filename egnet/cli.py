@@ -119,6 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, required=True, help="dataset root")
     p.add_argument("--split", type=Path, required=True, help="directory with test.txt")
     p.add_argument("--out", type=Path, default=None, help="write metrics.json here")
+    p.add_argument("--ids", choices=["auto", "labelIds", "trainIds"], default="auto",
+                   help="what prediction values are (auto: detected over the set, docs/metrics.md)")
 
     # --- training --------------------------------------------------------
     p = _add(sub, "train", "egnet.train:main",
@@ -145,6 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-dir", required=True, help="egnet train --out directory")
     p.add_argument("--eval-dir", type=Path, required=True, help="egnet evaluate --out directory")
     p.add_argument("--name", default=None, help="registered model name (default: register.model_name)")
+    p.add_argument("--out", type=Path, default=None, metavar="FILE",
+                   help="write the registration (name, version, run_id, aliases, model_uri) as JSON here")
 
     p = _add(sub, "promote", "egnet.registry:promote_main",
              "champion/challenger gate: move the champion alias if the challenger is better")
@@ -168,6 +172,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
     p.add_argument("--model", required=True, help="checkpoint path, train dir, or models:/NAME@ALIAS")
     p.add_argument("--out", type=Path, required=True, help="output directory")
+
+    # --- pipeline (Kubeflow Pipelines; docs/pipeline.md) ------------------
+    pipe = sub.add_parser("pipeline", help="Kubeflow Pipelines: compile, run locally, submit, schedule",
+                          description="The retraining pipeline (materialise -> validate -> split -> stats -> "
+                                      "train -> evaluate -> register -> gate -> promote) on Kubeflow Pipelines.")
+    psub = pipe.add_subparsers(dest="pipeline_command", metavar="ACTION", required=True)
+    p = _add(psub, "compile", "egnet.pipeline_cli:compile_main",
+             "compile the pipeline to YAML (defaults and image from the pipeline section of params.yaml)")
+    p.add_argument("--out", type=Path, default=None, help="YAML file (default: pipelines/nightcity_training.yaml)")
+    p = _add(psub, "run", "egnet.pipeline_cli:run_main",
+             "run the pipeline on this machine with kfp.local, then print a summary",
+             "Runs the same pipeline function as the cluster, each step a subprocess of this venv.\n"
+             "Data: --data, else data/nightcity, else synthetic scenes made under --workdir.\n"
+             "Profile: quick unless --profile; MLflow: MLFLOW_TRACKING_URI, else tracking.uri\n"
+             "(sqlite:///mlflow.db). A second run registers a second version and gates it.")
+    p.add_argument("--local", action="store_true", help="run here with kfp.local (the only mode of `run`)")
+    p.add_argument("--data", type=Path, default=None, help="dataset root (default: data/nightcity or synthetic)")
+    p.add_argument("--workdir", type=Path, default=Path("local_outputs"), help="synthetic data and step outputs")
+    p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                   help="set a pipeline parameter (repeatable), e.g. --param data_repo=URL --param data_rev=v1")
+    for name, handler, what in (("submit", "submit_main", "upload the pipeline (a new version) and start a run"),
+                                ("schedule", "schedule_main", "upload the pipeline and create a recurring run")):
+        p = _add(psub, name, f"egnet.pipeline_cli:{handler}", what,
+                 f"{what.capitalize()} on a Kubeflow Pipelines server. The pipeline is compiled\n"
+                 "from params.yaml now (or --package); steps run pipeline.image, overridable per run\n"
+                 "with --param image=REGISTRY/egnet:TAG. A bearer token is read from $KFP_TOKEN.")
+        p.add_argument("--host", required=True, help="KFP API endpoint, e.g. http://localhost:8080")
+        p.add_argument("--experiment", default=None, help="KFP experiment (default: tracking.experiment)")
+        p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                       help="set a pipeline parameter of the run (repeatable), e.g. --param nodes=2")
+        p.add_argument("--namespace", default=None, help="Kubeflow profile namespace (multi-user installs)")
+        p.add_argument("--package", type=Path, default=None, help="upload this compiled YAML instead of compiling")
+        p.add_argument("--run-name", default=None, help="name of the run / recurring run")
+        if name == "schedule":
+            p.add_argument("--cron", required=True,
+                           help='KFP cron, 6 fields with seconds first: "0 0 3 * * 0" = Sundays 03:00')
 
     # --- demo (the main job until the pipeline lands) --------------------
     p = _add(sub, "demo", "egnet.demo:main", "run the steps end to end on synthetic data and summarise")

@@ -19,13 +19,18 @@ BIN_NAMES: tuple[str, ...] = tuple(
 )
 
 
+def _max_rgb(image: np.ndarray) -> np.ndarray:
+    # max of three slices: ~30x faster than image.max(axis=2) over the 3-long last axis
+    return np.maximum(np.maximum(image[..., 0], image[..., 1]), image[..., 2])
+
+
 def value_map(image: np.ndarray) -> np.ndarray:
     """HxWx3 uint8 RGB (or BGR: max is order-free) -> HxW float32 V map in [0, 1]."""
     if image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"expected an HxWx3 image, got shape {image.shape}")
     if image.dtype != np.uint8:
         raise ValueError(f"expected uint8, got {image.dtype}")
-    return image.max(axis=2).astype(np.float32) / 255.0
+    return _max_rgb(image).astype(np.float32) / 255.0
 
 
 def bin_index(image_or_v: np.ndarray) -> np.ndarray:
@@ -35,7 +40,7 @@ def bin_index(image_or_v: np.ndarray) -> np.ndarray:
     """
     a = np.asarray(image_or_v)
     if a.dtype == np.uint8:
-        v = a.max(axis=2) if a.ndim == 3 else a
+        v = _max_rgb(a) if a.ndim == 3 else a
         return np.minimum(v.astype(np.uint16) * 10 // 255, NUM_BINS - 1).astype(np.uint8)
     # float path: round to 1e-9 first so that 0.3 (stored as 0.299999...) lands in bin 3
     scaled = np.floor(np.round(a.astype(np.float64) * 10, 9))

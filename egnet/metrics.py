@@ -1,0 +1,288 @@
+"""The one definition of the metrics: mIoU, pixel accuracy, EF1 per exposure bin, mEF1.
+
+Everything derives from one accumulator of pixel counts indexed by (exposure bin,
+ground truth, prediction), filled in one ``bincount`` pass per batch on the
+tensors' device, and summed across ranks as counts (never as finished metrics),
+as torchvision's references/segmentation ``ConfusionMatrix`` does. Definitions
+(docs/metrics.md):
+
+- IoU_c = TP / (TP + FP + FN) over all labelled pixels; a class with no gt and no
+  predicted pixel has no IoU (None). mIoU = mean over classes with an IoU, exactly
+  cityscapesscripts' "Score Average" for classes.
+- pixel_acc = correct labelled pixels / labelled pixels.
+- EF1_g (paper Eq. 2, beta = 1) = F1 of the labelled pixels whose exposure falls
+  in bin g, averaged over classes like ``sklearn.metrics.f1_score`` with
+  ``zero_division=0``: ``weighted`` (default; weights = gt pixels per class),
+  ``macro`` (classes present in gt or prediction of the bin) or ``micro``.
+  A bin without labelled pixels has no EF1 (None).
+- mEF1 (paper Eq. 3) = mean of EF1_g over the bins that have one.
+
+Ignore pixels (gt 255) are dropped. A prediction that is not a class (255, or a
+void labelId mapped to 255) at a labelled pixel is wrong: a false negative of the
+gt class and a false positive of no class (cityscapesscripts' rule).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from egnet.data.exposure import BIN_NAMES, NUM_BINS
+from egnet.data.labels import CLASS_NAMES, IGNORE_INDEX
+
+AVERAGES = ("weighted", "macro", "micro")
+
+
+def count_pixels(bins: torch.Tensor, target: torch.Tensor, cols: torch.Tensor,
+                 num_classes: int, num_cols: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """One bincount over (bin, gt, column): ([NUM_BINS, C, num_cols], [num_cols]) int64.
+
+    ``target``: gt classes 0..C-1 or 255 (ignore); ``cols``: integer column per pixel
+    in [0, num_cols) (the predicted class, or a code for it). The first result holds
+    the labelled pixels, the second the ignored ones per column (``update`` drops
+    them; `egnet score` reads them to see every predicted value).
+
+    Why this shape: the index runs over all 256 gt values, so one pass of integer
+    arithmetic and one bincount do the counting AND the checks: a gt value that is
+    neither a class nor 255 shows up as a non-empty row, a bin above 9 as a longer
+    result, a negative one as bincount's own refusal. Int32 arithmetic when every
+    input fits halves the memory traffic on CPU.
+    """
+    if bins.is_floating_point() or target.is_floating_point() or cols.is_floating_point():
+        raise ValueError("bins, target and predictions must be integer tensors")
+    if target.numel() and target.dtype != torch.uint8:
+        lo, hi = torch.aminmax(target)
+        if int(lo) < 0 or int(hi) > 255:  # would alias into other rows
+            raise ValueError(f"target holds values outside 0..255 (min {int(lo)}, max {int(hi)})")
+    size = NUM_BINS * 256 * num_cols
+    wide = torch.int64 in (bins.dtype, target.dtype, cols.dtype)
+    if torch.int64 in (cols.dtype, target.dtype):
+        idx = torch.add(cols, target, alpha=num_cols)  # int64, a new tensor
+    else:  # small types would overflow: widen first
+        idx = cols.to(torch.int64 if wide else torch.int32, copy=True).add_(target, alpha=num_cols)
+    idx.add_(bins, alpha=256 * num_cols)
+    try:
+        counts = torch.bincount(idx.reshape(-1), minlength=size)
+    except RuntimeError:
+        raise ValueError(f"exposure bins must lie in 0..{NUM_BINS - 1} (got a negative one)") from None
+    if counts.numel() > size:
+        raise ValueError(f"exposure bins must lie in 0..{NUM_BINS - 1}")
+    counts = counts.view(NUM_BINS, 256, num_cols)
+    stray = counts[:, num_classes:IGNORE_INDEX].sum(dim=(0, 2))
+    if bool(stray.any()):
+        vals = (torch.nonzero(stray).flatten() + num_classes)[:5].tolist()
+        raise ValueError(f"target holds values that are neither classes 0..{num_classes - 1} nor "
+                         f"{IGNORE_INDEX}: {vals}")
+    return counts[:, :num_classes], counts[:, IGNORE_INDEX].sum(dim=0)
+
+
+def _check_shapes(pred: torch.Tensor, target: torch.Tensor, bins: torch.Tensor) -> int:
+    """Shapes must agree; returns the number of images (N for NxHxW, 1 for HxW)."""
+    if pred.shape != target.shape or pred.shape != bins.shape:
+        raise ValueError(f"pred {tuple(pred.shape)}, target {tuple(target.shape)} and bins "
+                         f"{tuple(bins.shape)} must have the same shape")
+    if pred.dim() not in (2, 3):
+        raise ValueError(f"expected NxHxW or HxW tensors, got shape {tuple(pred.shape)}")
+    return 1 if pred.dim() == 2 else int(pred.shape[0])
+
+
+class ExposureConfusion:
+    """Pixel counts per (exposure bin, gt class, predicted class) and the metrics from them.
+
+    ``mat``: int64 [10, C, C] on ``device``; ``void_pred``: int64 [10, C], labelled
+    pixels whose prediction is not a class (e.g. 255); ``num_images``: images seen.
+    Usage: ``update`` per batch, ``all_reduce`` once under torch.distributed, then
+    ``compute`` (on every rank or rank 0).
+    """
+
+    def __init__(self, num_classes: int = 19, device: str | torch.device = "cpu") -> None:
+        if not 0 < int(num_classes) < IGNORE_INDEX:
+            raise ValueError(f"num_classes must lie in 1..{IGNORE_INDEX - 1}, got {num_classes}")
+        self.num_classes = int(num_classes)
+        self.device = torch.device(device)
+        self.mat = torch.zeros(NUM_BINS, self.num_classes, self.num_classes, dtype=torch.int64,
+                               device=self.device)
+        self.void_pred = torch.zeros(NUM_BINS, self.num_classes, dtype=torch.int64, device=self.device)
+        self.num_images = 0
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        if self.num_classes == len(CLASS_NAMES):
+            return CLASS_NAMES
+        return tuple(f"class_{i}" for i in range(self.num_classes))
+
+    @torch.no_grad()
+    def update(self, pred: torch.Tensor, target: torch.Tensor, bins: torch.Tensor) -> None:
+        """Add a batch: NxHxW (or HxW) integer trainIds ``pred``/``target`` (255 = ignore)
+        and exposure ``bins`` (0..9, from ``exposure.bin_index_torch``)."""
+        n = _check_shapes(pred, target, bins)
+        c = self.num_classes
+        pred = pred.to(self.device, non_blocking=True)
+        col = pred
+        if pred.numel():
+            lo, hi = torch.aminmax(pred)
+            if int(lo) < 0:
+                col = torch.where((pred >= 0) & (pred < c), pred, c)
+            elif int(hi) >= c:  # e.g. 255 "no class": its own column (one pass)
+                col = pred.clamp(max=c)
+        counts, _ = count_pixels(bins.to(self.device, non_blocking=True),
+                                 target.to(self.device, non_blocking=True), col, c, c + 1)
+        self.mat += counts[..., :c]
+        self.void_pred += counts[..., c]
+        self.num_images += n
+
+    def merge(self, other: ExposureConfusion) -> ExposureConfusion:
+        """Add another accumulator's counts (e.g. another worker's) into this one; returns self."""
+        if other.num_classes != self.num_classes:
+            raise ValueError(f"cannot merge {other.num_classes} classes into {self.num_classes}")
+        self.mat += other.mat.to(self.device)
+        self.void_pred += other.void_pred.to(self.device)
+        self.num_images += other.num_images
+        return self
+
+    def all_reduce(self) -> None:
+        """Sum the counts (and num_images) over torch.distributed ranks; no-op when not initialised.
+
+        One collective on one flat int64 tensor: counts are exact under summation,
+        finished metrics (ratios) would not be.
+        """
+        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+            return
+        c = self.num_classes
+        flat = torch.cat([self.mat.reshape(-1), self.void_pred.reshape(-1),
+                          torch.tensor([self.num_images], dtype=torch.int64, device=self.device)])
+        torch.distributed.all_reduce(flat)
+        n_mat = NUM_BINS * c * c
+        self.mat.copy_(flat[:n_mat].view(NUM_BINS, c, c))
+        self.void_pred.copy_(flat[n_mat:n_mat + NUM_BINS * c].view(NUM_BINS, c))
+        self.num_images = int(flat[-1].item())
+
+    def reset(self) -> None:
+        self.mat.zero_()
+        self.void_pred.zero_()
+        self.num_images = 0
+
+    @classmethod
+    def from_counts(cls, counts: np.ndarray | torch.Tensor, num_images: int,
+                    device: str | torch.device = "cpu") -> ExposureConfusion:
+        """An accumulator holding [10, C, C+1] counts (classes, then not-a-class), e.g. folded by
+        `egnet score` from raw prediction values."""
+        counts = torch.as_tensor(np.asarray(counts), dtype=torch.int64)
+        c = counts.shape[1]
+        if counts.shape != (NUM_BINS, c, c + 1):
+            raise ValueError(f"expected counts of shape [{NUM_BINS}, C, C+1], got {tuple(counts.shape)}")
+        acc = cls(num_classes=c, device=device)
+        acc.mat += counts[..., :c].to(acc.device)
+        acc.void_pred += counts[..., c].to(acc.device)
+        acc.num_images = int(num_images)
+        return acc
+
+    def counts(self) -> np.ndarray:
+        """[10, C, C+1] int64 numpy copy: predicted classes, then the not-a-class column."""
+        return np.concatenate([self.mat.cpu().numpy(), self.void_pred.cpu().numpy()[..., None]], axis=2)
+
+    def compute(self, average: str = "weighted") -> dict[str, Any]:
+        """The metrics.json dict (DESIGN.md): plain floats in [0, 1], None where undefined."""
+        return metrics_from_counts(self.counts(), self.num_images, average, self.class_names)
+
+
+def _f1_per_class(tp: np.ndarray, true: np.ndarray, pred: np.ndarray) -> np.ndarray:
+    """sklearn's F1 = 2 TP / (2 TP + FP + FN) = 2 TP / (support + predicted); 0 where both are 0."""
+    denom = true + pred
+    return np.divide(2.0 * tp, denom, out=np.zeros(tp.shape, dtype=np.float64), where=denom > 0)
+
+
+def bin_f1(conf: np.ndarray, average: str) -> float | None:
+    """EF1 of one bin from its [C, C(+1)] counts (gt rows, predicted columns; an optional last
+    column of not-a-class predictions); None when the bin has no labelled pixel."""
+    c = conf.shape[0]
+    true = conf.sum(axis=1).astype(np.float64)       # gt pixels per class (support)
+    if true.sum() == 0:
+        return None
+    tp = np.diag(conf[:, :c]).astype(np.float64)
+    pred = conf[:, :c].sum(axis=0).astype(np.float64)  # pixels predicted as each class
+    if average == "micro":
+        return float(2.0 * tp.sum() / (true.sum() + pred.sum()))
+    f1 = _f1_per_class(tp, true, pred)
+    if average == "weighted":
+        return float((f1 * true).sum() / true.sum())
+    if average == "macro":
+        present = (true + pred) > 0
+        return float(f1[present].mean())
+    raise ValueError(f"average must be one of {AVERAGES}, got {average!r}")
+
+
+def metrics_from_counts(counts: np.ndarray, num_images: int, average: str = "weighted",
+                        class_names: Sequence[str] = CLASS_NAMES) -> dict[str, Any]:
+    """All metrics from [10, C, C+1] (or [10, C, C]) pixel counts; see the module docstring."""
+    if average not in AVERAGES:
+        raise ValueError(f"average must be one of {AVERAGES}, got {average!r}")
+    counts = np.asarray(counts, dtype=np.int64)
+    c = counts.shape[1]
+    total = counts.sum(axis=0)                        # [C, C(+1)]
+    tp = np.diag(total[:, :c]).astype(np.float64)
+    gt = total.sum(axis=1).astype(np.float64)         # includes not-a-class predictions (FN)
+    pr = total[:, :c].sum(axis=0).astype(np.float64)
+    union = gt + pr - tp
+    iou = [float(tp[i] / union[i]) if union[i] > 0 else None for i in range(c)]
+    valid = [v for v in iou if v is not None]
+    ef1 = [bin_f1(counts[g], average) for g in range(counts.shape[0])]
+    ef1_valid = [v for v in ef1 if v is not None]
+    labelled = float(gt.sum())
+    return {
+        "mIoU": float(np.mean(valid)) if valid else None,
+        "mEF1": float(np.mean(ef1_valid)) if ef1_valid else None,
+        "pixel_acc": float(tp.sum() / labelled) if labelled > 0 else None,
+        "EF1": ef1,
+        "IoU": dict(zip(class_names, iou, strict=True)),
+        "num_images": int(num_images),
+        "num_pixels_per_bin": [int(v) for v in counts.sum(axis=(1, 2))],
+        "ef1_average": average,
+    }
+
+
+def to_mlflow(metrics: dict[str, Any], prefix: str = "test_") -> dict[str, float]:
+    """Flat MLflow metric names (DESIGN.md): mIoU, mEF1, pixel_acc, EF1_bin0..9, IoU_<class>.
+
+    Undefined values (None) are left out; spaces in class names become underscores.
+    """
+    out: dict[str, float] = {}
+    for key in ("mIoU", "mEF1", "pixel_acc"):
+        if metrics.get(key) is not None:
+            out[f"{prefix}{key}"] = float(metrics[key])
+    for g, v in enumerate(metrics.get("EF1", [])):
+        if v is not None:
+            out[f"{prefix}EF1_bin{g}"] = float(v)
+    for name, v in metrics.get("IoU", {}).items():
+        if v is not None:
+            out[f"{prefix}IoU_{name.replace(' ', '_')}"] = float(v)
+    return out
+
+
+def _fmt(v: float | None, pct: bool = False) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    return f"{100 * v:.1f}" if pct else f"{v:.4f}"
+
+
+def format_table(metrics: dict[str, Any]) -> str:
+    """A plain-text report: headline numbers, IoU per class, EF1 per exposure bin."""
+    lines = [
+        f"mIoU {_fmt(metrics.get('mIoU'), pct=True)}%   mEF1 {_fmt(metrics.get('mEF1'))}   "
+        f"pixel acc {_fmt(metrics.get('pixel_acc'), pct=True)}%   images {metrics.get('num_images', 0)}   "
+        f"(EF1 average: {metrics.get('ef1_average', 'weighted')})",
+        "",
+        f"{'class':<15} {'IoU %':>6}",
+        "-" * 22,
+    ]
+    for name, v in metrics.get("IoU", {}).items():
+        lines.append(f"{name:<15} {_fmt(v, pct=True):>6}")
+    lines += ["", f"{'exposure':<11} {'EF1':>6} {'pixels':>12}", "-" * 31]
+    pixels = metrics.get("num_pixels_per_bin") or [None] * NUM_BINS
+    for name, v, n in zip(BIN_NAMES, metrics.get("EF1", [None] * NUM_BINS), pixels, strict=False):
+        lines.append(f"{name:<11} {_fmt(v):>6} {n if n is not None else '-':>12}")
+    return "\n".join(lines)
