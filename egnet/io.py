@@ -18,6 +18,12 @@ from typing import Any
 from egnet.errors import DataError
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _check_parent(path: Path) -> None:
     if path.parent.exists() and not path.parent.is_dir():
         raise DataError(f"{path.parent}: exists and is not a directory")
@@ -33,6 +39,8 @@ def atomic_dir(out: str | Path) -> Iterator[Path]:
     _check_parent(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    # mkdtemp makes 0700; outputs are shared (volumes, other users): honour the umask instead
+    os.chmod(tmp, 0o777 & ~_umask())
     try:
         yield tmp
         if out.exists():
@@ -54,6 +62,7 @@ def atomic_file(path: str | Path, mode: str = "w") -> Iterator[Any]:
     _check_parent(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600
     try:
         with os.fdopen(fd, mode) as fh:
             yield fh

@@ -67,3 +67,18 @@ def test_read_json_errors_name_the_file(tmp_path):
     (tmp_path / "bad.json").write_text("{")
     with pytest.raises(DataError, match="bad.json: not valid JSON"):
         read_json(tmp_path / "bad.json")
+
+
+def test_outputs_honour_the_umask_not_0700(tmp_path):
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        with atomic_dir(tmp_path / "d") as tmp:
+            pass
+        write_json(tmp_path / "f.json", {})
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "d").stat().st_mode) == 0o755
+    assert stat.S_IMODE((tmp_path / "f.json").stat().st_mode) == 0o644
