@@ -1,8 +1,7 @@
 """Real services for tests: a moto S3 server and an ``mlflow server``, both on 127.0.0.1.
 
-Import the fixtures into a test module (no conftest needed)::
-
-    from tests._servers import mlflow_server, moto_s3, s3_env  # noqa: F401
+tests/conftest.py registers this module as a plugin (``pytest_plugins``), so the
+fixtures are available to every test by name and a session fixture starts once.
 
 - ``moto_s3`` (session): ``moto.server.ThreadedMotoServer`` on a free port; ``.endpoint``,
   ``.env`` (AWS_* variables a client or subprocess needs), ``.client()``, ``.bucket()``.
@@ -12,12 +11,21 @@ Import the fixtures into a test module (no conftest needed)::
   ``.start()`` (same port and store: a restart).
 - ``start_mlflow_server(root, ...)``: the same, for a test that needs its own server
   (e.g. to stop it mid-run).
+- ``postgres`` (session): a throw-away PostgreSQL (Debian's server binaries) on 127.0.0.1,
+  run as the ``postgres`` user when tests run as root; ``["host"]``, ``["port"]``,
+  ``["user"]``, ``["password"]``, ``.database(name)`` -> SQLAlchemy URL. Skipped, saying
+  why, only where the server binaries (or the psycopg driver) are not installed.
+- ``mlflow_postgres_server`` (session): ``mlflow server`` on that PostgreSQL, artifacts
+  proxied to moto S3 like ``mlflow_server``.
+- ``mlflow_backend`` (session, parametrised ``sqlite`` | ``postgresql``): one of the two
+  servers, so a test that takes it runs against both backend stores.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -99,6 +107,7 @@ class MlflowServer:
     env: dict[str, str]
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen | None = None
+    backend_uri: str | None = None   # None: a sqlite file in ``root``
 
     @property
     def uri(self) -> str:
@@ -106,7 +115,12 @@ class MlflowServer:
 
     @property
     def backend_store_uri(self) -> str:
-        return f"sqlite:///{self.root / 'mlflow.db'}"
+        return self.backend_uri or f"sqlite:///{self.root / 'mlflow.db'}"
+
+    @property
+    def backend(self) -> str:
+        """``sqlite`` or ``postgresql``: the backend store's kind (test ids, messages)."""
+        return self.backend_store_uri.split(":", 1)[0].split("+", 1)[0]
 
     def start(self, timeout_s: float = 90.0) -> MlflowServer:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -144,14 +158,16 @@ class MlflowServer:
             self.proc.wait(timeout=15)
 
 
-def start_mlflow_server(root: Path, moto: MotoS3 | None = None, bucket: str | None = None) -> MlflowServer:
-    """Start a server whose artifacts go to S3 on ``moto`` (or to ``root/artifacts`` without it)."""
+def start_mlflow_server(root: Path, moto: MotoS3 | None = None, bucket: str | None = None,
+                        backend_uri: str | None = None) -> MlflowServer:
+    """Start a server whose artifacts go to S3 on ``moto`` (or to ``root/artifacts`` without it);
+    its backend store is ``backend_uri`` (default: a sqlite file in ``root``)."""
     if moto is not None:
         dest = f"s3://{moto.bucket(bucket)}/mlartifacts"
         env = dict(moto.env)
     else:
         dest, env = str(root / "artifacts"), {}
-    return MlflowServer(root=root, artifacts_destination=dest, env=env).start()
+    return MlflowServer(root=root, artifacts_destination=dest, env=env, backend_uri=backend_uri).start()
 
 
 @pytest.fixture(scope="session")
@@ -161,3 +177,128 @@ def mlflow_server(moto_s3: MotoS3, tmp_path_factory: pytest.TempPathFactory) -> 
         yield server
     finally:
         server.stop()
+
+
+# --------------------------------------------------------------------------- PostgreSQL
+
+
+def pg_bin() -> Path | None:
+    """Folder of initdb/postgres: on PATH, or Debian's /usr/lib/postgresql/<major>/bin."""
+    found = shutil.which("initdb")
+    if found:
+        return Path(found).resolve().parent
+    debian = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"),
+                    key=lambda p: int(p.parent.parent.name) if p.parent.parent.name.isdigit() else 0)
+    return debian[-1].parent if debian else None
+
+
+@dataclass
+class Postgres:
+    """A running throw-away server; ``pg["port"]`` etc. for code that wants a mapping."""
+
+    host: str
+    port: str
+    user: str
+    password: str
+
+    def __getitem__(self, key: str) -> str:
+        return getattr(self, key)
+
+    def database(self, name: str) -> str:
+        """Create database ``name`` (if new); its SQLAlchemy URL for MLflow (psycopg 3 driver)."""
+        import psycopg
+
+        with psycopg.connect(host=self.host, port=self.port, user=self.user, password=self.password,
+                             dbname="postgres", autocommit=True) as conn:
+            if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is None:
+                conn.execute(f'CREATE DATABASE "{name}"')
+        return f"postgresql+psycopg://{self.user}:{self.password}@{self.host}:{self.port}/{name}"
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Postgres]:
+    """PostgreSQL on 127.0.0.1 (a free port, data in a temporary folder, password login as user
+    ``mlflow``; database ``mlflow`` made). Tests run as root in CI, and postgres refuses root: the
+    server then runs as the ``postgres`` user the Debian package creates."""
+    import pwd
+    import tempfile
+
+    pg = pg_bin()
+    if pg is None:
+        pytest.skip("PostgreSQL server binaries not installed (Debian: apt-get install postgresql)")
+    pytest.importorskip("psycopg", reason="psycopg (the MLflow server's PostgreSQL driver) not installed")
+    import psycopg
+
+    user = None
+    if os.geteuid() == 0:
+        try:
+            user = pwd.getpwnam("postgres")
+        except KeyError:
+            pytest.skip("running as root and there is no `postgres` user to run the server as")
+    # not under pytest's tmp_path: as root that is a 0700 folder the server's user cannot enter
+    tmp = Path(tempfile.mkdtemp(prefix="egnet-pg-"))
+    data, sock, pwfile = tmp / "pgdata", tmp / "pgsock", tmp / "pw"
+    sock.mkdir()
+    password = "pw-" + os.urandom(8).hex()
+    pwfile.write_text(password)
+    if user:
+        for p in (tmp, sock, pwfile):
+            os.chown(p, user.pw_uid, user.pw_gid)
+    run_as = {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []} if user else {}
+    init = subprocess.run([str(pg / "initdb"), "-D", str(data), "-U", "mlflow", "--auth=scram-sha-256",
+                           f"--pwfile={pwfile}", "--no-sync"], capture_output=True, text=True, timeout=180,
+                          **run_as)
+    if init.returncode != 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise RuntimeError(f"initdb failed:\n{init.stdout}{init.stderr}")
+    port = free_port()
+    log = open(tmp / "server.log", "wb")  # noqa: SIM115 - closed with the process
+    if user:
+        os.chown(tmp / "server.log", user.pw_uid, user.pw_gid)
+    # durability off: a test database is thrown away, and fsyncs cost seconds on a shared disk
+    proc = subprocess.Popen([str(pg / "postgres"), "-D", str(data), "-h", "127.0.0.1", "-p", str(port),
+                             "-k", str(sock), "-c", "fsync=off", "-c", "synchronous_commit=off",
+                             "-c", "full_page_writes=off", "-c", "max_connections=200"],
+                            stdout=log, stderr=subprocess.STDOUT, **run_as)
+    log.close()
+    server = Postgres("127.0.0.1", str(port), "mlflow", password)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                psycopg.connect(host=server.host, port=port, user=server.user, password=password,
+                                dbname="postgres", connect_timeout=2).close()
+                break
+            except psycopg.OperationalError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("postgres did not start:\n"
+                                       + (tmp / "server.log").read_text()[-3000:]) from None
+                time.sleep(0.2)
+        server.database("mlflow")  # the name the k8s overlays' MLflow Deployment uses
+        yield server
+    finally:
+        proc.send_signal(signal.SIGINT)  # "fast" shutdown: does not wait for clients to disconnect
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=30)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def mlflow_postgres_server(postgres: Postgres, moto_s3: MotoS3,
+                           tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
+    """``mlflow server --backend-store-uri postgresql+psycopg://...``, artifacts proxied to moto S3."""
+    server = start_mlflow_server(tmp_path_factory.mktemp("mlflow-pg-server"), moto_s3, "mlflow-pg",
+                                 backend_uri=postgres.database("egnet_tests"))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session", params=["sqlite", "postgresql"])
+def mlflow_backend(request: pytest.FixtureRequest) -> MlflowServer:
+    """The session's MLflow server on each backend store in turn: tests taking it run twice."""
+    return request.getfixturevalue("mlflow_server" if request.param == "sqlite" else "mlflow_postgres_server")

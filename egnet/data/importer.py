@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import shutil
 import stat
-import subprocess
 import sys
 import time
 import zipfile
@@ -179,28 +178,6 @@ def import_release(src: str | Path, out: str | Path, size: tuple[int, int], work
     }
 
 
-def _dvc() -> str:
-    beside = Path(sys.executable).parent / "dvc"   # the venv's dvc, even when the venv is not activated
-    return str(beside) if beside.exists() else (shutil.which("dvc") or "dvc")
-
-
-def dvc_add(out: Path) -> str:
-    """`dvc add OUT` in the DVC repository holding it; returns the .dvc file written."""
-    out = out.resolve()
-    try:
-        found = subprocess.run([_dvc(), "root"], cwd=out.parent, capture_output=True, text=True)
-    except FileNotFoundError:
-        raise DataError("--dvc-add: the `dvc` command is not installed") from None
-    if found.returncode != 0:
-        raise DataError(f"--dvc-add: {out.parent} is not inside a DVC repository (run `dvc init` in the repo first)")
-    repo = (out.parent / found.stdout.strip()).resolve()
-    done = subprocess.run([_dvc(), "add", str(out)], cwd=repo, capture_output=True, text=True)
-    if done.returncode != 0:
-        last = (done.stderr.strip() or done.stdout.strip() or "failed").splitlines()[-1]
-        raise DataError(f"--dvc-add: `dvc add {out}` failed: {last}")
-    return str(out.parent / f"{out.name}.dvc")
-
-
 def main(args: argparse.Namespace, cfg: Config) -> int:
     try:
         s = import_release(args.src, args.out, tuple(cfg.data.image_size), cfg.data.workers)
@@ -213,5 +190,7 @@ def main(args: argparse.Namespace, cfg: Config) -> int:
     print(f"import: {s['num_pairs']} pairs (train {s['splits']['train']}, val {s['splits']['val']}{plus}) "
           f"from {s['source']} in {args.src} -> {args.out} in {s['seconds']:.1f} s")
     if args.dvc_add:
-        print(f"import: dvc add -> {dvc_add(Path(args.out))}")
+        from egnet.data.versioning import dvc_add
+
+        print(f"import: dvc add {args.out} -> data_version {dvc_add(args.out)} (commit {args.out}.dvc)")
     return 0
