@@ -9,6 +9,7 @@ Step modules are imported lazily so ``egnet --help`` answers at once.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import sys
 from collections.abc import Sequence
@@ -62,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     # --- data ------------------------------------------------------------
-    data = sub.add_parser("data", help="NightCity data steps: synth, import, validate, split, stats")
+    data = sub.add_parser("data", help="NightCity data steps: synth, import, validate, split, stats, drift")
     dsub = data.add_subparsers(dest="data_command", metavar="STEP", required=True)
 
     p = _add(dsub, "synth", "egnet.data.synth:main",
@@ -110,6 +111,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="output directory (stats.json + PNG charts)")
     p.add_argument("--quarantine", type=Path, default=None, help="stems to skip (default: DATA/quarantine.txt)")
 
+    p = _add(dsub, "drift", "egnet.data.drift:main",
+             "compare incoming data with the champion's training data (exposure bins, classes)",
+             "Statistics of every pair of DATA (as `egnet data stats`) against a reference stats.json:\n"
+             "a file or its folder, runs:/RUN_ID, or models:/NAME@ALIAS (its training run's\n"
+             "data/stats.json artifact). Measures: js_exposure, wasserstein_exposure, js_class,\n"
+             "class_mean_exposure_shift, each against its drift.* threshold. Exit 1 naming the\n"
+             "measures over threshold (drift.action=fail), or a warning and exit 0 (flag).")
+    p.add_argument("data", type=Path, help="dataset root of the incoming data (all its pairs, no split)")
+    p.add_argument("--reference", required=True, metavar="STATS_JSON_OR_MODEL_URI",
+                   help="stats.json (or its folder), runs:/RUN_ID, or models:/NAME@ALIAS | models:/NAME/VERSION")
+    p.add_argument("--out", type=Path, default=None,
+                   help="output directory: drift.json, the new data's stats.json, overlay PNGs; none: print only")
+    p.add_argument("--quarantine", type=Path, default=None, help="stems to skip (default: DATA/quarantine.txt)")
+    p.add_argument("--allow-missing-reference", action="store_true",
+                   help="a models:/ reference naming no version (no champion yet): write a 'skipped' drift.json, exit 0")
+
     # --- scoring ---------------------------------------------------------
     p = _add(sub, "score", "egnet.score:main",
              "score prediction PNGs from any tool with mIoU and the exposure-aware EF1/mEF1",
@@ -132,6 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", type=Path, required=True, help="directory with train.txt and test.txt")
     p.add_argument("--out", required=True, help="output directory or s3://bucket/prefix")
     p.add_argument("--no-resume", action="store_true", help="start fresh even if checkpoints exist")
+    p.add_argument("--stats", type=Path, default=None, metavar="DIR",
+                   help="`egnet data stats` output: its stats.json is logged to the run (drift reference)")
     p.add_argument("--quarantine", type=Path, default=None, help="stems to skip (default: DATA/quarantine.txt)")
 
     p = _add(sub, "evaluate", "egnet.evaluate:main",
@@ -173,6 +192,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="checkpoint path, train dir, or models:/NAME@ALIAS")
     p.add_argument("--out", type=Path, required=True, help="output directory")
 
+    p = _add(sub, "report", "egnet.report:main",
+             "self-contained HTML report of an evaluated run (optionally against another run)",
+             "Reads the evaluation `egnet evaluate` logged into the run (evaluation/metrics.json,\n"
+             "confusion.npy, per_image.json, worst/): headline metrics, EF1 per exposure bin\n"
+             "against the paper's Table 2, IoU per class, the most confused classes in the\n"
+             "darkest and brightest bins, the worst test images. One HTML file, no network assets;\n"
+             "logged into RUN_ID's run as report/report.html (report/vs_<VS>.html with --vs).")
+    p.add_argument("run_id", metavar="RUN_ID", help="MLflow run (a training run evaluated by `egnet evaluate`)")
+    p.add_argument("--vs", default=None, metavar="RUN_ID", help="second run, side by side; deltas are RUN_ID - VS")
+    p.add_argument("--out", type=Path, required=True, help="output directory (report.html, report.json)")
+    p.add_argument("--no-log", action="store_true", help="do not log the page into the MLflow run")
+
     # --- pipeline (Kubeflow Pipelines; docs/pipeline.md) ------------------
     pipe = sub.add_parser("pipeline", help="Kubeflow Pipelines: compile, run locally, submit, schedule",
                           description="The retraining pipeline (materialise -> validate -> split -> stats -> "
@@ -209,11 +240,6 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--cron", required=True,
                            help='KFP cron, 6 fields with seconds first: "0 0 3 * * 0" = Sundays 03:00')
 
-    # --- demo (the main job until the pipeline lands) --------------------
-    p = _add(sub, "demo", "egnet.demo:main", "run the steps end to end on synthetic data and summarise")
-    p.add_argument("--workdir", type=Path, default=Path("local_outputs"), help="where outputs go")
-    p.add_argument("--data", type=Path, default=None,
-                   help="dataset root (default: data/nightcity if present, else synthetic data)")
     return parser
 
 
@@ -232,7 +258,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("egnet: interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:
+        if exc.errno not in _DISK_FULL:
+            raise
+        # steps write through atomic_dir/atomic_file: the temporary output is gone already
+        where = exc.filename or getattr(args, "out", None) or "the output"
+        print(f"egnet: error: {_DISK_FULL[exc.errno]} writing {where}; no partial output was kept",
+              file=sys.stderr)
+        return 1
     return int(code or 0)
+
+
+#: errors that mean "the disk (or the process's file size limit) is full", one line each
+_DISK_FULL = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
+              errno.EFBIG: "file too large (file size limit reached)"}
 
 
 if __name__ == "__main__":  # pragma: no cover

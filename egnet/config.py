@@ -58,6 +58,20 @@ class StatsConfig(_Section):
     workers: NonNegInt
 
 
+class DriftConfig(_Section):
+    """Data drift gate of `egnet data drift` (docs/drift_and_report.md): a measure passes at or
+    below its threshold."""
+
+    js_exposure: PosFloat                  # JS distance (base 2, in [0, 1]) of exposure-bin histograms
+    wasserstein_exposure: PosFloat         # earth mover's distance of the same histograms, in HSV V
+    js_class: PosFloat                     # JS distance of labelled-pixel class distributions
+    class_mean_exposure_shift: PosFloat    # largest |mean V of a class| change, in HSV V
+    min_class_fraction: Annotated[float, Field(ge=0, lt=1)]
+    reference_split: Annotated[str, Field(min_length=1)]
+    action: Literal["fail", "flag"]
+    workers: NonNegInt
+
+
 class ModelConfig(_Section):
     variant: Literal[VARIANTS]  # type: ignore[valid-type]
     backbone: Literal["resnet18", "resnet34", "resnet50", "resnet101"]
@@ -115,11 +129,67 @@ class RegisterConfig(_Section):
     model_name: Annotated[str, Field(min_length=1)]
     min_delta_miou: float
     max_mef1_drop: NonNegFloat
+    serialization_format: Literal["pt2", "pickle"]
+    lock_uri: Annotated[str, Field(pattern=r"^(|file://.+|s3://[^/]+/.+|[^:]+)$")]
+    lock_ttl_s: PosFloat
+    lock_timeout_s: PosFloat
 
 
 class TrackingConfig(_Section):
     uri: Annotated[str, Field(min_length=1)]
     experiment: Annotated[str, Field(min_length=1)]
+
+
+K8sName = Annotated[str, Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=63)]
+Quantity = Annotated[str, Field(pattern=r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|Ki|Mi|Gi|Ti)?$")]
+
+
+# Kubernetes/OCI syntax, so a typo fails at `egnet pipeline compile`, not when the cluster refuses a pod
+ImageRef = Annotated[str, Field(pattern=r"^[a-z0-9]+([._-][a-z0-9]+)*(:[0-9]+)?(/[a-z0-9]+([._-][a-z0-9]+)*)*"
+                                        r"(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(@sha256:[a-f0-9]{64})?$")]
+ResourceName = Annotated[str, Field(pattern=r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")]
+LabelKey = Annotated[str, Field(pattern=r"^(([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")]
+LabelValue = Annotated[str, Field(pattern=r"^(([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9])?$")]
+OptionalK8sName = Annotated[str, Field(pattern=r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?)?$", max_length=63)]
+
+
+class PipelineConfig(_Section):
+    """Kubeflow Pipelines defaults, read at compile time (docs/pipeline.md)."""
+
+    name: Annotated[str, Field(min_length=1)]
+    image: ImageRef
+    nodes: PosInt
+    gpus_per_node: NonNegInt
+    accelerator: ResourceName
+    gpu_node_selector_key: LabelKey
+    gpu_node_selector_value: LabelValue
+    gpu_toleration_key: LabelKey
+    gpu_toleration_value: LabelValue
+    gpu_toleration_effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"]
+    shm_size: Quantity
+    cpu_request: Quantity
+    cpu_limit: Quantity
+    memory_request: Quantity
+    memory_limit: Quantity
+    data_pvc: K8sName
+    data_mount: Annotated[str, Field(pattern=r"^/")]
+    data_path: str
+    data_repo: str
+    data_repo_path: Annotated[str, Field(min_length=1)]
+    data_rev: str
+    data_cache: str
+    train_out: str
+    train_retries: NonNegInt
+    s3_secret: K8sName
+    mlflow_secret: OptionalK8sName
+    endpoints_configmap: K8sName
+    service_account: K8sName
+    job_kind: Literal["trainjob", "pytorchjob"]
+    trainjob_runtime: K8sName
+    cleanup: Literal["never", "on_success", "always"]
+    wait_timeout_s: PosInt
+    poll_s: PosInt
+    active_deadline_s: PosInt
 
 
 with warnings.catch_warnings():
@@ -131,11 +201,13 @@ with warnings.catch_warnings():
         data: DataConfig
         split: SplitConfig
         stats: StatsConfig
+        drift: DriftConfig
         model: ModelConfig
         train: TrainConfig
         evaluate: EvaluateConfig
         register: RegisterConfig
         tracking: TrackingConfig
+        pipeline: PipelineConfig
 
         def to_dict(self) -> dict[str, Any]:
             """Plain JSON-able dict (tuples as lists), e.g. for checkpoints and MLflow params."""
@@ -227,6 +299,8 @@ def _format_error(exc: ValidationError, source: str) -> str:
     if kind == "extra_forbidden":
         return f"{source}: unknown key '{loc}'"
     more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
+    if isinstance(err.get("input"), dict) and kind == "value_error":  # a section's own check names its keys
+        return f"{source}: '{loc}': {err['msg'].removeprefix('Value error, ')}{more}"
     return f"{source}: '{loc}' = {err.get('input')!r}: {err['msg']}{more}"
 
 
@@ -249,17 +323,19 @@ def load_config(
     merged = _merge(raw, _read_yaml(overlay_path, "profile overlay"), str(overlay_path))
     sets.pop("profile", None)
     merged = _merge(merged, sets, "--set")
+    source = f"{path} (profile {chosen})" if chosen != "paper" else str(path)
     try:
         # JSON mode: YAML lists validate as tuples, and strict types still apply.
-        return Config.model_validate_json(json.dumps(merged, default=str))
+        cfg = Config.model_validate_json(json.dumps(merged, default=str))
     except ValidationError as exc:
-        source = f"{path} (profile {chosen})" if chosen != "paper" else str(path)
         raise ConfigError(_format_error(exc, source)) from None
+    return cfg
 
 
 def config_from_dict(data: dict[str, Any], source: str = "checkpoint") -> Config:
     """Rebuild a Config saved with ``Config.to_dict()`` (e.g. inside a checkpoint)."""
     try:
-        return Config.model_validate_json(json.dumps(data, default=str))
+        cfg = Config.model_validate_json(json.dumps(data, default=str))
     except ValidationError as exc:
         raise ConfigError(_format_error(exc, source)) from None
+    return cfg

@@ -100,3 +100,13 @@ def cpu_workers(requested: int) -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # pragma: no cover - non-Linux
         return max(1, os.cpu_count() or 1)
+
+
+def write_csv(path: str | Path, header: list[str], rows: list[list[Any]]) -> None:
+    """Atomically write a small CSV (plot data for `dvc plots`); None becomes an empty cell."""
+    import csv
+
+    with atomic_file(path) as fh:
+        writer = csv.writer(fh, lineterminator="\n")
+        writer.writerow(header)
+        writer.writerows([["" if v is None else v for v in row] for row in rows])

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from cityscapesscripts.helpers.labels import id2label, labels as cs_labels, trainId2label
+from cityscapesscripts.helpers.labels import id2label, trainId2label
+from cityscapesscripts.helpers.labels import labels as cs_labels
 
 from egnet.data import exposure, labels
 

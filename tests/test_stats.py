@@ -191,7 +191,15 @@ def test_cli_on_synthetic_data(synth_root, split_dir, tmp_path):
         # synthetic night scenes: the darkest bins hold most pixels, as in the paper's Fig. 4
         assert np.argmax(doc["avg_pixels_per_image"][name]) <= 2
     assert sorted(p.name for p in out.iterdir()) == [
-        "class_distribution.png", "class_mean_exposure.png", "exposure_distribution.png", "stats.json"]
+        "class_distribution.png", "class_mean_exposure.png", "class_pixels.csv", "exposure_distribution.png",
+        "exposure_hist.csv", "stats.json"]
+    # the CSV series `dvc plots` draws carry the same numbers as stats.json
+    import csv
+
+    rows = list(csv.DictReader((out / "exposure_hist.csv").open()))
+    assert [float(r["test"]) for r in rows] == pytest.approx(doc["avg_pixels_per_image"]["test"])
+    rows = list(csv.DictReader((out / "class_pixels.csv").open()))
+    assert {r["class"]: int(r["train"]) for r in rows} == doc["class_pixels"]["train"]
 
 
 def test_bar_chart_edge_cases(tmp_path):

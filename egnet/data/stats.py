@@ -36,7 +36,7 @@ from tqdm import tqdm
 from egnet.config import Config
 from egnet.data import exposure, labels, layout
 from egnet.errors import DataError
-from egnet.io import atomic_dir, cpu_workers, write_json
+from egnet.io import atomic_dir, cpu_workers, write_csv, write_json
 
 SPLIT_NAMES = ("train", "test")
 
@@ -236,6 +236,15 @@ def compute_stats(
     }
 
 
+def write_plot_data(out: Path, stats: dict[str, Any]) -> None:
+    """CSV series for `dvc plots`: exposure_hist.csv (Fig. 4) and class_pixels.csv (Fig. 3)."""
+    write_csv(out / "exposure_hist.csv", ["bin", "exposure", *SPLIT_NAMES],
+              [[i, name, *(stats["avg_pixels_per_image"][s][i] for s in SPLIT_NAMES)]
+               for i, name in enumerate(stats["exposure_bin_names"])])
+    write_csv(out / "class_pixels.csv", ["class", *SPLIT_NAMES],
+              [[c, *(stats["class_pixels"][s][c] for s in SPLIT_NAMES)] for c in stats["class_names"]])
+
+
 def write_charts(out: Path, stats: dict[str, Any]) -> list[Path]:
     """The three PNG bar charts of a stats.json document, into ``out``."""
     from egnet import plots
@@ -266,6 +275,7 @@ def main(args: argparse.Namespace, cfg: Config) -> int:
     stats = compute_stats(args.data, args.split, size, cfg.stats.workers, args.quarantine)
     with atomic_dir(args.out) as tmp:
         write_json(tmp / "stats.json", stats)
+        write_plot_data(tmp, stats)
         write_charts(tmp, stats)
     n, r = stats["num_images"], stats["labels_resized"]
     print(f"stats: train {n['train']} images, test {n['test']} images -> {args.out}/stats.json")
