@@ -1,0 +1,39 @@
+"""Register, gate, promote: the MLflow model registry steps.
+
+Plain functions: ``components.build(image)`` turns them into lightweight KFP components.
+"""
+
+from kfp.dsl import Artifact, Input, Model, Output
+
+
+def register(model: Input[Model], evaluation: Input[Artifact], params_file: str, profile: str, overrides: list,
+             mlflow_uri: str, registration: Output[Artifact]) -> str:
+    """`egnet register`: a new model version with the alias challenger; returns the version."""
+    import json
+    from pathlib import Path
+
+    from egnet import kfp_steps as k
+
+    k.use_tracking(mlflow_uri)
+    k.cli(["register", "--train-dir", model.path, "--eval-dir", evaluation.path, "--out", registration.path],
+          k.config_args(params_file, profile, overrides))
+    reg = json.loads(Path(registration.path).read_text())
+    registration.metadata.update(name=reg["name"], version=reg["version"], run_id=reg["run_id"],
+                                 model_uri=reg["model_uri"])
+    return str(reg["version"])
+
+
+def gate(version: str, params_file: str, profile: str, overrides: list, mlflow_uri: str) -> str:
+    """`egnet promote --version V --dry-run`: "promote" if the challenger beats the champion, else "keep"."""
+    from egnet import kfp_steps as k
+
+    k.use_tracking(mlflow_uri)
+    return k.gate_decision(version, params_file, profile, overrides)
+
+
+def promote(version: str, params_file: str, profile: str, overrides: list, mlflow_uri: str):
+    """`egnet promote --version V`: move the champion alias (run only when the gate passed)."""
+    from egnet import kfp_steps as k
+
+    k.use_tracking(mlflow_uri)
+    k.cli(["promote", "--version", version], k.config_args(params_file, profile, overrides))
