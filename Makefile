@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
-.PHONY: run test install lint bench clean image
+.PHONY: run test install system-deps lint bench clean image
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -18,10 +18,26 @@ $(STAMP): pyproject.toml | $(PY)
 install: $(STAMP)
 
 run: install
-	$(VENV)/bin/egnet demo
+	$(VENV)/bin/egnet pipeline run --local
 
-test: install
+test: install system-deps
 	$(PY) -m pytest -q
+
+# System packages some tests start for real: PostgreSQL (MLflow's cluster backend) and
+# Chromium (renders the HTML report). Installed with apt-get when missing and run as root;
+# otherwise those tests skip and say why.
+SYSTEM_PKGS_MISSING = $(strip $(if $(wildcard /usr/lib/postgresql/*/bin/initdb),,postgresql) \
+	$(if $(wildcard /usr/bin/chromium),,chromium))
+system-deps:
+ifneq ($(SYSTEM_PKGS_MISSING),)
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "installing $(SYSTEM_PKGS_MISSING) (apt-get)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	    $(SYSTEM_PKGS_MISSING) >/dev/null; \
+	else \
+	  echo "note: $(SYSTEM_PKGS_MISSING) not installed (needs root); the tests that use them will skip"; \
+	fi
+endif
 
 lint: install
 	$(VENV)/bin/ruff check .

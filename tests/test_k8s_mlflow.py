@@ -2,93 +2,24 @@
 
 `mlflow server` is started with the exact arguments and environment of the dev
 overlay's Deployment (the kubelet's $(VAR) expansion done here, cluster names mapped to
-local servers) against a throw-away PostgreSQL and the moto S3 server. Skipped where the
-PostgreSQL server binaries or the psycopg driver are not installed.
+local servers) against the session's throw-away PostgreSQL (``postgres`` fixture, in
+tests/_servers.py) and the moto S3 server. Skipped where the PostgreSQL server binaries or
+the psycopg driver are not installed.
 """
 
 from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
 from tests._k8s import K8S, find, render
-from tests._servers import moto_s3  # noqa: F401  (fixture)
 
 DEV = K8S / "overlays" / "dev"
-
-
-def _pg_bin() -> Path | None:
-    """Folder of initdb/postgres: on PATH, or Debian's /usr/lib/postgresql/<major>/bin."""
-    found = shutil.which("initdb")
-    if found:
-        return Path(found).resolve().parent
-    debian = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
-    return debian[-1].parent if debian else None
-
-
-@pytest.fixture
-def postgres():
-    """A throw-away PostgreSQL on 127.0.0.1 with password login (user mlflow)."""
-    import pwd
-    import subprocess
-    import tempfile
-
-    from tests._servers import free_port
-
-    pg = _pg_bin()
-    if pg is None:
-        pytest.skip("PostgreSQL server binaries not installed")
-    pytest.importorskip("psycopg", reason="psycopg (the MLflow server's driver) not installed")
-    user = None
-    if os.geteuid() == 0:  # postgres refuses to run as root
-        try:
-            user = pwd.getpwnam("postgres")
-        except KeyError:
-            pytest.skip("running as root without a `postgres` user to run the server as")
-    # Not under pytest's tmp_path: as root that sits in a 0700 folder the server's user cannot enter.
-    tmp_path = Path(tempfile.mkdtemp(prefix="egnet-pg-"))
-    data, sock = tmp_path / "pgdata", tmp_path / "pgsock"
-    sock.mkdir()
-    pwfile = tmp_path / "pw"
-    password = "pw-" + os.urandom(8).hex()
-    pwfile.write_text(password)
-    if user:
-        for p in (tmp_path, sock, pwfile):
-            os.chown(p, user.pw_uid, user.pw_gid)
-    run_as = {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []} if user else {}
-    init = subprocess.run([str(pg / "initdb"), "-D", str(data), "-U", "mlflow", "--auth=scram-sha-256",
-                           f"--pwfile={pwfile}"], capture_output=True, text=True, timeout=120, **run_as)
-    assert init.returncode == 0, init.stdout + init.stderr
-    port = free_port()
-    proc = subprocess.Popen([str(pg / "postgres"), "-D", str(data), "-h", "127.0.0.1", "-p", str(port),
-                             "-k", str(sock)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **run_as)
-    try:
-        import psycopg
-
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                conn = psycopg.connect(host="127.0.0.1", port=port, user="mlflow", password=password,
-                                       dbname="postgres", autocommit=True)
-                break
-            except psycopg.OperationalError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise
-                time.sleep(0.3)
-        conn.execute("CREATE DATABASE mlflow")
-        conn.close()
-        yield {"host": "127.0.0.1", "port": str(port), "user": "mlflow", "password": password}
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        shutil.rmtree(tmp_path, ignore_errors=True)
 
 
 @pytest.mark.slow
