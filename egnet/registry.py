@@ -151,6 +151,9 @@ def log_model(run_id: str, checkpoint: Path, serialization_format: str = "pt2") 
     with tempfile.TemporaryDirectory(prefix="egnet-register-") as tmp:
         extra = Path(tmp) / CHECKPOINT_EXTRA_FILE
         extra.write_bytes(Path(checkpoint).read_bytes())
+        # the run's own experiment: start_run refuses a run of another experiment than the
+        # process's active one (set by an earlier step in the same process)
+        mlflow.set_experiment(experiment_id=mlflow.MlflowClient().get_run(run_id).info.experiment_id)
         with mlflow.start_run(run_id=run_id):
             def log(fmt: str) -> Any:
                 return mlflow.pytorch.log_model(

@@ -25,7 +25,6 @@ from pathlib import Path
 
 import pytest
 
-from tests._helpers_eval import cli_args, make_checkpoint, read_json
 from tests._helpers_train import train_argv
 
 GOOD_ITERATIONS = 20  # enough to beat a 1-iteration model clearly on the synthetic scenes ...
@@ -42,6 +41,8 @@ class World:
     backend: str = "sqlite"
 
     def args(self, *overrides: str) -> list[str]:
+        from tests._helpers_eval import cli_args  # imports torch: only when used
+
         return cli_args(f"tracking.uri={self.uri}", *overrides)
 
     def client(self):
@@ -89,6 +90,7 @@ def _train_and_evaluate(mlflow_server, synth_root, split_dir, tmp_path_factory) 
 
     from egnet.cli import main
     from egnet.registry import LINEAGE_TAGS
+    from tests._helpers_eval import read_json
 
     root = tmp_path_factory.mktemp("registry-models")
     uri = mlflow_server.uri
@@ -119,6 +121,8 @@ def _train_and_evaluate(mlflow_server, synth_root, split_dir, tmp_path_factory) 
 
 def world_on(server, models: World, root: Path) -> World:
     """A fresh registered-model name over ``models``' runs as ``server`` sees them (module docstring)."""
+    from tests._helpers_eval import read_json
+
     name = f"egnet-test-{uuid.uuid4().hex[:8]}"
     if server.uri == models.uri:
         return World(models.uri, name, models.root, dict(models.runs), models.evals, server.backend)
@@ -157,14 +161,16 @@ def cheap_runs(uri: str, root: Path, n: int, prelogged: int) -> tuple[str, list[
     from mlflow.entities import LoggedModelStatus
 
     from egnet.registry import CHECKPOINT_EXTRA_FILE, MODEL_ARTIFACT
+    from tests._helpers_eval import make_checkpoint
 
+    assert n % 5, "n must not be a multiple of 5 (the test mIoU values would repeat)"
     client = mlflow.MlflowClient(uri)
     exp = client.create_experiment(f"race-{uuid.uuid4().hex[:8]}")
     ckpt = make_checkpoint(root / "ckpt", 0, "model.variant=no_exposure_stream")  # one stream: half the bytes
     extra = root / CHECKPOINT_EXTRA_FILE
     shutil.copy(ckpt, extra)
-    model_cfg = json.loads(json.dumps({"variant": "no_exposure_stream", "backbone": "resnet18"}))
-    mious = [0.30 + 0.01 * ((5 * i) % n) for i in range(n)]  # a permutation (n odd or not a multiple of 5): no ties
+    model_cfg = {"variant": "no_exposure_stream", "backbone": "resnet18"}
+    mious = [0.30 + 0.01 * ((5 * i) % n) for i in range(n)]  # a permutation of 0..n-1 (n coprime to 5): no ties
     runs = []
     for i in range(n):
         run = client.create_run(exp, run_name=f"racer-{i}", tags={

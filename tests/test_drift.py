@@ -18,7 +18,6 @@ from egnet.cli import main
 from egnet.config import load_config
 from egnet.data import drift
 from egnet.data.drift import Distribution
-from tests._servers import mlflow_server, moto_s3  # noqa: F401
 from tests.conftest import REPO, SMALL
 
 

@@ -37,7 +37,6 @@ from tests._helpers_dvc import (
     tool_env,
     tree_bytes,
 )
-from tests._servers import moto_s3  # noqa: F401 - fixture
 
 STAGES = ["validate", "split", "stats", "train", "evaluate"]
 

@@ -27,7 +27,6 @@ from egnet.metrics import metrics_from_counts
 from egnet.report import WorstImages, confused_pairs, image_scores
 from tests._helpers_eval import PARAMS, TINY_MODEL, cli_args
 from tests._helpers_train import train_argv
-from tests._servers import mlflow_server, moto_s3  # noqa: F401
 from tests.conftest import SMALL
 
 CHROMIUM = Path("/usr/bin/chromium")

@@ -23,7 +23,6 @@ from egnet.config import load_config
 from egnet.errors import ConfigError, DataError
 from tests._helpers_http import Request, json_stub
 from tests._k8s import PYTORCHJOB_SCHEMA, TRAINJOB_SCHEMA, as_pod, crd_errors, k8s_errors, pod_views
-from tests._servers import moto_s3, s3_env  # noqa: F401  (fixtures)
 
 REPO = Path(__file__).resolve().parents[1]
 TEMPLATES = {"trainjob": REPO / "k8s" / "training" / "trainjob.yaml",
