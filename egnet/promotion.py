@@ -208,16 +208,23 @@ def _promote(client: Any, name: str, cfg: Config, version: str | None, dry_run: 
     if not passed and not force:
         record_decision(client, name, [cand_v], {**decision, "outcome": "refused"})
         raise GateRefused(f"{name} v{cand_v}: gate refused promotion over champion v{champ_v} (see table)")
-    involved = [cand_v] + ([champ_v] if champ_v else [])
-    try:
-        move_champion(client, name, cand_v, champ_v)
-    except EgnetError as exc:
-        record_decision(client, name, involved, {**decision, "outcome": f"conflict: {exc}"})
-        raise
-    record_decision(client, name, involved, {**decision, "outcome": "promoted"})
+    _move_and_record(client, name, cand_v, champ_v, decision, "promoted")
     print(f"gate {verdict}: {name} v{cand_v} is champion" +
           (f"; v{champ_v} is {PREVIOUS}" if champ_v else " (first champion)"))
     return 0
+
+
+def _move_and_record(client: Any, name: str, new: str, old: str | None, decision: dict[str, Any],
+                     outcome: str) -> None:
+    """Move champion to ``new`` (``old`` becomes previous-champion) and record the decision on
+    both versions: ``outcome``, or ``conflict: ...`` when another writer got in the way."""
+    involved = [new] + ([old] if old else [])
+    try:
+        move_champion(client, name, new, old)
+    except EgnetError as exc:
+        record_decision(client, name, involved, {**decision, "outcome": f"conflict: {exc}"})
+        raise
+    record_decision(client, name, involved, {**decision, "outcome": outcome})
 
 
 def rollback(client: Any, name: str, dry_run: bool = False, lock: LockSpec | None = None) -> int:
@@ -238,14 +245,8 @@ def _rollback(client: Any, name: str, dry_run: bool) -> int:
     if dry_run:
         print("dry run: nothing changed")
         return 0
-    involved = [prev] + ([champ] if champ else [])
     decision = {"action": "rollback", "candidate": prev, "champion_before": champ,
                 "by": _who(), "at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-    try:
-        move_champion(client, name, prev, champ)
-    except EgnetError as exc:
-        record_decision(client, name, involved, {**decision, "outcome": f"conflict: {exc}"})
-        raise
-    record_decision(client, name, involved, {**decision, "outcome": "rolled back"})
+    _move_and_record(client, name, prev, champ, decision, "rolled back")
     print(f"{name} v{prev} is champion again{after}")
     return 0
