@@ -38,7 +38,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from egnet.config import load_config  # noqa: E402
+from egnet.core.config import load_config  # noqa: E402
 from egnet.data.synth import synthesize  # noqa: E402
 
 BIN = Path(sys.executable).parent

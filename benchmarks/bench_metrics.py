@@ -15,7 +15,7 @@ image, side by side on the same files:
    as decoded from PNG and int64 as `egnet evaluate` feeds it: the counterpart of 3.
 
 Each image's time is the fastest of ``--repeat`` runs (the machine may be shared).
-Also runs ``evaluateImgLists`` and ``egnet.score.score`` once each, end to end,
+Also runs ``evaluateImgLists`` and ``egnet.evaluation.score.score`` once each, end to end,
 and checks that every mIoU equals cityscapesscripts'. Images carry photo-like
 sensor noise so PNG decoding costs what a real photo does (~1 MB PNG).
 """
@@ -40,8 +40,8 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from egnet.data import exposure, labels, layout  # noqa: E402
+from egnet.evaluation.score import _image_counts, score  # noqa: E402
 from egnet.metrics import ExposureConfusion  # noqa: E402
-from egnet.score import _image_counts, score  # noqa: E402
 
 CLASS_IDS = np.array([lab for lab in sorted(labels.VALID_LABEL_IDS) if labels.LABEL_TO_TRAIN[lab] != 255])
 

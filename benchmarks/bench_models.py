@@ -21,9 +21,9 @@ import time
 import torch
 from count_flops import REFERENCE, model_config  # sibling script in benchmarks/
 
-from egnet.config import VARIANTS
-from egnet.losses import SegExposureLoss
+from egnet.core.config import VARIANTS
 from egnet.models import build_model, count_flops
+from egnet.training.losses import SegExposureLoss
 
 
 def step_time(model: torch.nn.Module, loss_fn: SegExposureLoss, x: torch.Tensor, t: torch.Tensor) -> float:

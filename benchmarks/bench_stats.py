@@ -33,8 +33,8 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from egnet.core.files import cpu_workers  # noqa: E402
 from egnet.data import layout, stats  # noqa: E402
-from egnet.io import cpu_workers  # noqa: E402
 
 
 def _cpu_seconds() -> float:

@@ -15,8 +15,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from egnet.core.files import cpu_workers
 from egnet.data.synth import render_scene, scene_name, synthesize
-from egnet.io import cpu_workers
 
 
 def main() -> None:

@@ -4,8 +4,8 @@
     .venv/bin/python benchmarks/bench_train.py report OUT/train_summary.json  # used by gpu_train.sh
 
 ``cpu`` (default): synthetic NightCity-format data (512x256) in a temporary folder; the
-real train loader (``egnet.train.make_loaders``) and the real optimizer step
-(``egnet.train.train_step``: forward, loss, backward, SGD). EGNet and torchvision
+real train loader (``egnet.training.loop.make_loaders``) and the real optimizer step
+(``egnet.training.loop.sgd_step``: forward, loss, backward, SGD). EGNet and torchvision
 FCN-ResNet101 (both ResNet-101 at output stride 8, the paper's comparison) take
 steps on the same batches in interleaved rounds, so machine load drifts hit both;
 the result is their images/s ratio. The loader's images/s (0 and 2 workers) is set
@@ -28,8 +28,8 @@ from pathlib import Path
 
 import torch
 
-from egnet.config import Config, load_config
-from egnet.distributed import DistInfo
+from egnet.core.config import Config, load_config
+from egnet.training.distributed import DistInfo
 
 REPO = Path(__file__).resolve().parents[1]
 #: dense bf16 tensor-core peak, FLOP/s (vendor data sheets, SXM parts)
@@ -54,7 +54,7 @@ def _data(root: Path, size: tuple[int, int], num: int) -> tuple[Path, Path]:
 
 
 def loader_images_per_s(cfg: Config, data: Path, split: Path, batches: int) -> float:
-    from egnet.train import make_loaders
+    from egnet.training.loop import make_loaders
 
     info = DistInfo(0, 1, 0, torch.device("cpu"))
     loader, sampler, _ = make_loaders(cfg, data, split, None, info)
@@ -70,9 +70,9 @@ def loader_images_per_s(cfg: Config, data: Path, split: Path, batches: int) -> f
 
 def step_rounds(cfgs: dict[str, Config], data: Path, split: Path, rounds: int) -> dict[str, list[float]]:
     """Seconds per optimizer step for each config, interleaved over ``rounds`` on the same batches."""
-    from egnet.losses import SegExposureLoss
     from egnet.models import build_model
-    from egnet.train import make_loaders, train_step
+    from egnet.training.losses import SegExposureLoss
+    from egnet.training.loop import make_loaders, sgd_step
 
     flags = {"amp": False, "channels_last": False, "compile": False}
     any_cfg = next(iter(cfgs.values()))
@@ -90,7 +90,7 @@ def step_rounds(cfgs: dict[str, Config], data: Path, split: Path, rounds: int) -
         order = list(models.items())
         for name, (model, opt, loss_fn) in order[r % 2:] + order[: r % 2]:
             start = time.perf_counter()
-            train_step(model, loss_fn, opt, None, batch, torch.device("cpu"), flags)
+            sgd_step(model, loss_fn, opt, None, batch, torch.device("cpu"), flags)
             if r > 0:  # round 0 warms up allocators and caches
                 times[name].append(time.perf_counter() - start)
     return times
@@ -135,8 +135,8 @@ def train_step_flops(cfg: Config) -> int:
     """FLOPs of one training step (forward + loss + backward) at the config's crop and batch."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from egnet.losses import SegExposureLoss
     from egnet.models import build_model
+    from egnet.training.losses import SegExposureLoss
 
     t = cfg.train
     with torch.device("meta"):
@@ -150,10 +150,10 @@ def train_step_flops(cfg: Config) -> int:
 
 
 def report(args: argparse.Namespace) -> int:
-    from egnet.config import config_from_dict
+    from egnet.core.config import config_from_dict
 
     summary = json.loads(Path(args.summary).read_text())
-    from egnet.checkpoint import read_checkpoint
+    from egnet.training.checkpoint import read_checkpoint
 
     model_file = Path(args.summary).with_name("model.pt")
     cfg = config_from_dict(read_checkpoint(model_file)["config"]) if model_file.exists() else _cfg(args.profile)

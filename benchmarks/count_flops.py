@@ -21,8 +21,8 @@ from pathlib import Path
 
 import torch
 
-from egnet.config import VARIANTS, ModelConfig
-from egnet.io import atomic_file
+from egnet.core.config import VARIANTS, ModelConfig
+from egnet.core.files import atomic_file
 from egnet.models import BASELINES, build_model, count_flops, count_parameters
 
 BEGIN = "<!-- count_flops:begin (written by benchmarks/count_flops.py; do not edit by hand) -->"

@@ -10,7 +10,7 @@ from kfp.dsl import HTML, Artifact, Dataset, Input, Markdown, Metrics, Output
 def materialise(data_repo: str, data_rev: str, data_repo_path: str, data_path: str, data_cache: str,
                 data: Output[Dataset]):
     """The data version to train on, as a Dataset pointer (dataset.json) to its root on the PVC."""
-    from egnet.kfp_steps import materialise_data
+    from egnet.pipeline.steps import materialise_data
 
     materialise_data(data_repo, data_rev, data_repo_path, data_path, data_cache, data)
 
@@ -19,16 +19,13 @@ def validate(data: Input[Dataset], params_file: str, profile: str, overrides: li
              validated: Output[Dataset], report: Output[Markdown]):
     """`egnet data validate --quarantine`: bad pairs are set aside, later steps skip them."""
     import json
-    import shutil
-    from pathlib import Path
 
-    from egnet import kfp_steps as k
+    from egnet.cli import run_step
+    from egnet.pipeline import steps as k
 
-    out = Path(validated.path)
-    out.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(Path(data.path) / k.POINTER, out / k.POINTER)
-    k.cli(["data", "validate", k.data_root(data.path), "--report", out / "validate.json",
-           "--quarantine", out / k.QUARANTINE], k.config_args(params_file, profile, overrides))
+    out = k.copy_pointer(data.path, validated.path)
+    run_step(["data", "validate", k.data_root(data.path), "--report", out / "validate.json",
+              "--quarantine", out / k.QUARANTINE], k.config_args(params_file, profile, overrides))
     doc = json.loads((out / "validate.json").read_text())
     validated.metadata.update(k.read_pointer(out), num_pairs=doc.get("num_pairs"), num_good=doc.get("num_good"))
     k.write_text(report, k.validate_markdown(doc))
@@ -36,35 +33,34 @@ def validate(data: Input[Dataset], params_file: str, profile: str, overrides: li
 
 def split(data: Input[Dataset], params_file: str, profile: str, overrides: list, split: Output[Dataset]):
     """`egnet data split`: train.txt / test.txt (+ split_report.json)."""
-    from egnet import kfp_steps as k
+    from egnet.cli import run_step
+    from egnet.pipeline import steps as k
 
     q = k.quarantine_file(data.path)
-    k.cli(["data", "split", k.data_root(data.path), "--out", split.path, *(["--quarantine", q] if q else [])],
+    run_step(["data", "split", k.data_root(data.path), "--out", split.path, *(["--quarantine", q] if q else [])],
           k.config_args(params_file, profile, overrides))
 
 
 def stats(data: Input[Dataset], split: Input[Dataset], params_file: str, profile: str, overrides: list,
           stats: Output[Artifact], report: Output[HTML]):
     """`egnet data stats`: class and exposure distributions per split (paper Figs. 3-4)."""
-    from pathlib import Path
-
-    from egnet import kfp_steps as k
+    from egnet.cli import run_step
+    from egnet.pipeline import steps as k
 
     q = k.quarantine_file(data.path)
-    k.cli(["data", "stats", k.data_root(data.path), "--split", split.path, "--out", stats.path,
-           *(["--quarantine", q] if q else [])], k.config_args(params_file, profile, overrides))
-    out = Path(stats.path)
-    k.write_text(report, k.html_report("NightCity statistics", (out / "stats.json").read_text()[:20000],
-                                       sorted(out.glob("*.png"))))
+    run_step(["data", "stats", k.data_root(data.path), "--split", split.path, "--out", stats.path,
+              *(["--quarantine", q] if q else [])], k.config_args(params_file, profile, overrides))
+    k.write_text(report, k.stats_page(stats.path))
 
 
 def drift(data: Input[Dataset], params_file: str, profile: str, overrides: list, mlflow_uri: str,
           drift: Output[Artifact], metrics: Output[Metrics]):
     """`egnet data drift` against the champion's training data; `drift.action` decides whether
     drift stops the run (fail) or is only recorded (flag)."""
-    from egnet import kfp_steps as k
+    from egnet.cli import run_step
+    from egnet.pipeline import steps as k
 
     k.use_tracking(mlflow_uri)
-    doc = k.drift_step(k.data_root(data.path), drift.path, params_file, profile, overrides)
+    doc = k.drift_step(k.data_root(data.path), drift.path, run_step, params_file, profile, overrides)
     drift.metadata.update(status=doc["status"], failed=",".join(doc["failed"]))
     k.log_metrics(metrics, {f"drift_{name}": m["value"] for name, m in doc["measures"].items()})

@@ -13,13 +13,14 @@ def evaluate(data: Input[Dataset], split: Input[Dataset], model: Input[Model], p
     import json
     from pathlib import Path
 
-    from egnet import kfp_steps as k
+    from egnet.cli import run_step
+    from egnet.pipeline import steps as k
 
     k.use_tracking(mlflow_uri)
-    k.cli(["evaluate", "--data", k.data_root(data.path), "--split", split.path, "--model", model.path,
+    run_step(["evaluate", "--data", k.data_root(data.path), "--split", split.path, "--model", model.path,
            "--out", evaluation.path], k.config_args(params_file, profile, overrides))
     out = Path(evaluation.path)
     doc = json.loads((out / "metrics.json").read_text())
     k.log_metrics(metrics, k.evaluation_metrics(doc))
     evaluation.metadata.update(mIoU=doc["mIoU"], mEF1=doc["mEF1"])
-    k.write_text(report, k.evaluation_page(out, k.config_args(params_file, profile, overrides)))
+    k.write_text(report, k.evaluation_page(out, run_step, k.config_args(params_file, profile, overrides)))

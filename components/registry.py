@@ -12,10 +12,11 @@ def register(model: Input[Model], evaluation: Input[Artifact], params_file: str,
     import json
     from pathlib import Path
 
-    from egnet import kfp_steps as k
+    from egnet.cli import run_step
+    from egnet.pipeline import steps as k
 
     k.use_tracking(mlflow_uri)
-    k.cli(["register", "--train-dir", model.path, "--eval-dir", evaluation.path, "--out", registration.path],
+    run_step(["register", "--train-dir", model.path, "--eval-dir", evaluation.path, "--out", registration.path],
           k.config_args(params_file, profile, overrides))
     reg = json.loads(Path(registration.path).read_text())
     registration.metadata.update(name=reg["name"], version=reg["version"], run_id=reg["run_id"],
@@ -25,7 +26,7 @@ def register(model: Input[Model], evaluation: Input[Artifact], params_file: str,
 
 def gate(version: str, params_file: str, profile: str, overrides: list, mlflow_uri: str) -> str:
     """`egnet promote --version V --dry-run`: "promote" if the challenger beats the champion, else "keep"."""
-    from egnet import kfp_steps as k
+    from egnet.pipeline import steps as k
 
     k.use_tracking(mlflow_uri)
     return k.gate_decision(version, params_file, profile, overrides)
@@ -33,7 +34,8 @@ def gate(version: str, params_file: str, profile: str, overrides: list, mlflow_u
 
 def promote(version: str, params_file: str, profile: str, overrides: list, mlflow_uri: str):
     """`egnet promote --version V`: move the champion alias (run only when the gate passed)."""
-    from egnet import kfp_steps as k
+    from egnet.cli import run_step
+    from egnet.pipeline import steps as k
 
     k.use_tracking(mlflow_uri)
-    k.cli(["promote", "--version", version], k.config_args(params_file, profile, overrides))
+    run_step(["promote", "--version", version], k.config_args(params_file, profile, overrides))

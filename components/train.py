@@ -16,7 +16,7 @@ def train_resources(nodes: int, gpus_per_node: int, cpu_request: str, cpu_limit:
     launcher's (no GPU) when a multi-node TrainJob does the training."""
     from collections import namedtuple
 
-    from egnet.kfp_steps import train_pod_resources
+    from egnet.pipeline.steps import train_pod_resources
 
     r = train_pod_resources(nodes, gpus_per_node, cpu_request, cpu_limit, memory_request, memory_limit)
     return namedtuple("Resources", list(r))(**r)
@@ -28,14 +28,15 @@ def train(data: Input[Dataset], split: Input[Dataset], stats: Input[Artifact], p
           job_kind: str, run_id: str, cluster: dict, model: Output[Model], metrics: Output[Metrics]):
     """`egnet train` in this pod (torchrun when gpus_per_node > 1), or a TrainJob/PyTorchJob
     when nodes > 1; the Model artifact gets model.pt, mlflow_run_id and train_summary.json."""
-    from egnet import kfp_steps as k
+    from egnet.cli import run_step
+    from egnet.pipeline import steps as k
 
     k.use_tracking(mlflow_uri)
-    summary = k.train_step(
+    summary = k.run_training(
         data=k.data_root(data.path), split=split.path, quarantine=k.quarantine_file(data.path),
         model_dir=model.path, nodes=nodes, gpus_per_node=gpus_per_node, image=image, train_out=train_out,
         run_id=run_id, job_kind=job_kind, cluster=cluster, mlflow_uri=mlflow_uri,
-        config=k.config_args(params_file, profile, overrides, experiment))
+        config=k.config_args(params_file, profile, overrides, experiment), run=run_step)
     k.log_stats_reference(summary["mlflow_run_id"], stats.path)  # drift reference of this model
     model.metadata.update(mlflow_run_id=summary["mlflow_run_id"], train_out=summary["train_out"],
                           params_hash=summary.get("params_hash"), iterations=summary.get("iteration"))

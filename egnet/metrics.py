@@ -24,13 +24,13 @@ gt class and a false positive of no class (cityscapesscripts' rule).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
+from egnet.core.text import fmt, render_table
 from egnet.data.exposure import BIN_NAMES, NUM_BINS
 from egnet.data.labels import CLASS_NAMES, IGNORE_INDEX
 
@@ -186,7 +186,7 @@ class ExposureConfusion:
         return np.concatenate([self.mat.cpu().numpy(), self.void_pred.cpu().numpy()[..., None]], axis=2)
 
     def compute(self, average: str = "weighted") -> dict[str, Any]:
-        """The metrics.json dict (DESIGN.md): plain floats in [0, 1], None where undefined."""
+        """The metrics.json dict (docs/metrics.md): plain floats in [0, 1], None where undefined."""
         return metrics_from_counts(self.counts(), self.num_images, average, self.class_names)
 
 
@@ -246,7 +246,7 @@ def metrics_from_counts(counts: np.ndarray, num_images: int, average: str = "wei
 
 
 def to_mlflow(metrics: dict[str, Any], prefix: str = "test_") -> dict[str, float]:
-    """Flat MLflow metric names (DESIGN.md): mIoU, mEF1, pixel_acc, EF1_bin0..9, IoU_<class>.
+    """Flat MLflow metric names (docs/architecture.md, "MLflow conventions"): mIoU, mEF1, pixel_acc, EF1_bin0..9, IoU_<class>.
 
     Undefined values (None) are left out; spaces in class names become underscores.
     """
@@ -263,26 +263,14 @@ def to_mlflow(metrics: dict[str, Any], prefix: str = "test_") -> dict[str, float
     return out
 
 
-def _fmt(v: float | None, pct: bool = False) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "-"
-    return f"{100 * v:.1f}" if pct else f"{v:.4f}"
-
-
 def format_table(metrics: dict[str, Any]) -> str:
     """A plain-text report: headline numbers, IoU per class, EF1 per exposure bin."""
-    lines = [
-        f"mIoU {_fmt(metrics.get('mIoU'), pct=True)}%   mEF1 {_fmt(metrics.get('mEF1'))}   "
-        f"pixel acc {_fmt(metrics.get('pixel_acc'), pct=True)}%   images {metrics.get('num_images', 0)}   "
-        f"(EF1 average: {metrics.get('ef1_average', 'weighted')})",
-        "",
-        f"{'class':<15} {'IoU %':>6}",
-        "-" * 22,
-    ]
-    for name, v in metrics.get("IoU", {}).items():
-        lines.append(f"{name:<15} {_fmt(v, pct=True):>6}")
-    lines += ["", f"{'exposure':<11} {'EF1':>6} {'pixels':>12}", "-" * 31]
+    head = (f"mIoU {fmt(metrics.get('mIoU'), pct=True)}%   mEF1 {fmt(metrics.get('mEF1'))}   "
+            f"pixel acc {fmt(metrics.get('pixel_acc'), pct=True)}%   images {metrics.get('num_images', 0)}   "
+            f"(EF1 average: {metrics.get('ef1_average', 'weighted')})")
+    classes = [("class", "IoU %"), *((name, fmt(v, pct=True)) for name, v in metrics.get("IoU", {}).items())]
     pixels = metrics.get("num_pixels_per_bin") or [None] * NUM_BINS
-    for name, v, n in zip(BIN_NAMES, metrics.get("EF1", [None] * NUM_BINS), pixels, strict=False):
-        lines.append(f"{name:<11} {_fmt(v):>6} {n if n is not None else '-':>12}")
-    return "\n".join(lines)
+    bins = [("exposure", "EF1", "pixels"), *(
+        (name, fmt(v), "-" if n is None else str(n))
+        for name, v, n in zip(BIN_NAMES, metrics.get("EF1", [None] * NUM_BINS), pixels, strict=False))]
+    return "\n\n".join([head, render_table(classes, "<>"), render_table(bins, "<>>")])

@@ -31,7 +31,7 @@ from kfp import dsl, kubernetes
 from kfp.dsl import Artifact
 
 import components
-from egnet.config import Config
+from egnet.core.config import Config
 
 COMPILED = Path(__file__).resolve().with_name("nightcity_training.yaml")
 DESCRIPTION = ("NightCity night-time segmentation (EGNet): DVC data -> validate -> split -> exposure stats -> "
@@ -152,7 +152,7 @@ def build_pipeline(cfg: Config) -> Callable[..., Any]:
                         cfg, image, pvc=True, gpus=res.outputs["gpus"], s3=True, mlflow=True, cache=False)
         trn.set_cpu_request(res.outputs["cpu_request"]).set_cpu_limit(res.outputs["cpu_limit"])
         trn.set_memory_request(res.outputs["memory_request"]).set_memory_limit(res.outputs["memory_limit"])
-        # stats: the DESIGN order (statistics are on record before training); res: kfp adds no
+        # stats: the documented order (statistics are on record before training); res: kfp adds no
         # dependency for values used only in resource placeholders
         trn.after(sts, dft, res)
         if p.train_retries:  # a retry resumes from the run's checkpoints (train_out/<job>)

@@ -25,10 +25,10 @@ def cli_args(*overrides: str, profile: str = "quick") -> list[str]:
 def make_checkpoint(out_dir: Path, seed: int = 0, *overrides: str, run_id: str | None = None) -> Path:
     """An untrained (seeded) model saved as an egnet ``model.pt`` in ``out_dir`` (a train dir
     look-alike; with ``run_id`` also its ``mlflow_run_id``). Returns the checkpoint path."""
-    from egnet.checkpoint import save_final
-    from egnet.config import load_config
+    from egnet.core.config import load_config
+    from egnet.core.storage import Location
     from egnet.models import build_model
-    from egnet.storage import Location
+    from egnet.training.checkpoint import save_final
 
     cfg = load_config(PARAMS, "quick", [*SMALL, *TINY_MODEL, *overrides])
     torch.manual_seed(seed)

@@ -89,7 +89,7 @@ def _train_and_evaluate(mlflow_server, synth_root, split_dir, tmp_path_factory) 
     from mlflow.entities import Param
 
     from egnet.cli import main
-    from egnet.registry import LINEAGE_TAGS
+    from egnet.tracking.runs import LINEAGE_TAGS
     from tests._helpers_eval import read_json
 
     root = tmp_path_factory.mktemp("registry-models")
@@ -160,7 +160,7 @@ def cheap_runs(uri: str, root: Path, n: int, prelogged: int) -> tuple[str, list[
     import mlflow
     from mlflow.entities import LoggedModelStatus
 
-    from egnet.registry import CHECKPOINT_EXTRA_FILE, MODEL_ARTIFACT
+    from egnet.tracking.registered import CHECKPOINT_EXTRA_FILE, MODEL_ARTIFACT
     from tests._helpers_eval import make_checkpoint
 
     assert n % 5, "n must not be a multiple of 5 (the test mIoU values would repeat)"

@@ -16,9 +16,9 @@ import pytest
 import yaml
 
 from egnet.cli import main
-from egnet.config import load_config
-from egnet.errors import ConfigError
-from egnet.train import check_training
+from egnet.core.config import load_config
+from egnet.core.errors import ConfigError
+from egnet.training.train import check_training
 from tests.conftest import REPO
 
 PARAMS = REPO / "params.yaml"
@@ -36,7 +36,7 @@ FREE_STRINGS = {
                               "key when the model is built, before training",
     "register.model_name": "any MLflow registered-model name",
     "register.lock_uri": "a plain path is a file lock (file:// and s3:// are checked)",
-    "tracking.uri": "any path is a file store; unreachable or unknown schemes fail in tracking.connect before "
+    "tracking.uri": "any path is a file store; unreachable or unknown schemes fail in tracking.connect_mlflow before "
                     "training (tests/test_tracking.py)",
     "tracking.experiment": "any MLflow experiment name",
     "pipeline.name": "any KFP pipeline display name",

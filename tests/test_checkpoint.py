@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from egnet import checkpoint as ckpt
-from egnet.config import load_config
-from egnet.errors import DataError
-from egnet.storage import Location
+from egnet.core.config import load_config
+from egnet.core.errors import DataError
+from egnet.core.storage import Location
+from egnet.training import checkpoint as ckpt
 from tests._helpers_train import PARAMS
 
 TINY_MODEL = ["model.backbone=resnet18", "model.output_stride=32", "model.backbone_weights=none"]

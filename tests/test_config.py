@@ -9,8 +9,8 @@ import pytest
 import yaml
 
 from egnet.cli import main
-from egnet.config import config_from_dict, load_config, parse_set
-from egnet.errors import ConfigError
+from egnet.core.config import config_from_dict, load_config, parse_set
+from egnet.core.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 import torch
 
+from egnet.core.errors import DataError
 from egnet.data import layout
-from egnet.data.dataset import SegmentationDataset, TrainTransform, eval_resize, split_pairs
+from egnet.data.dataset import SegmentationDataset, TrainTransform, eval_resize
 from egnet.data.exposure import bin_index
 from egnet.data.labels import IGNORE_INDEX, to_train_ids
-from egnet.errors import DataError
+from egnet.data.layout import split_pairs
 
 
 def _coded_pair(h: int = 40, w: int = 60) -> tuple[np.ndarray, np.ndarray]:
@@ -79,7 +80,7 @@ def test_same_seed_same_sample_different_seed_different_sample():
 
 
 def test_train_and_eval_samples_from_the_release_layout(synth_root, split_dir):
-    pairs = split_pairs(synth_root, split_dir, "train")
+    pairs, _ = split_pairs(synth_root, split_dir, "train")
     t = TrainTransform(crop=64, scale_min=0.75, scale_max=1.25, hflip=True)
     ds = SegmentationDataset(pairs, (256, 128), train=True, transform=t)
     s = ds[(0, 123)]
@@ -88,7 +89,7 @@ def test_train_and_eval_samples_from_the_release_layout(synth_root, split_dir):
     assert set(s["label"].unique().tolist()) <= set(range(19)) | {IGNORE_INDEX}
     assert torch.equal(ds[(0, 123)]["image"], s["image"])  # the seed, not worker state, decides
 
-    test_pairs = split_pairs(synth_root, split_dir, "test")
+    test_pairs, _ = split_pairs(synth_root, split_dir, "test")
     ev = SegmentationDataset(test_pairs, (256, 128), train=False, eval_size=(96, 80))
     e = ev[0]
     image = layout.read_image(test_pairs[0].image)
@@ -104,8 +105,8 @@ def test_quarantined_stems_are_skipped(synth_root, split_dir, tmp_path):
     stems = layout.read_split_list(split_dir / "train.txt")
     q = tmp_path / "quarantine.txt"
     q.write_text(f"{stems[1]}  # bad label\n")
-    pairs = split_pairs(synth_root, split_dir, "train", quarantine=q)
-    assert [p.stem for p in pairs] == [s for s in stems if s != stems[1]]
+    pairs, skipped = split_pairs(synth_root, split_dir, "train", quarantine=q)
+    assert [p.stem for p in pairs] == [s for s in stems if s != stems[1]] and skipped == 1
     bad_split = tmp_path / "split"
     bad_split.mkdir()
     (bad_split / "train.txt").write_text("Nowhere_0001\n")

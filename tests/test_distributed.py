@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from egnet import distributed as D
-from egnet.errors import ConfigError
+from egnet.core.errors import ConfigError
+from egnet.training import distributed as D
 from tests._helpers_train import REPO, env, tracking_db, train_argv  # noqa: F401
 
 

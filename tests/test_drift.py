@@ -13,11 +13,11 @@ import cv2
 import numpy as np
 import pytest
 
-from egnet import tracking
 from egnet.cli import main
-from egnet.config import load_config
+from egnet.core.config import load_config
 from egnet.data import drift
 from egnet.data.drift import Distribution
+from egnet.tracking import runs as tracking
 from tests.conftest import REPO, SMALL
 
 
@@ -214,7 +214,7 @@ def test_registered_champion_reference_through_mlflow_server(
     assert doc["reference"]["run_id"] == with_stats
     assert doc["reference"]["kind"] == "registry" and doc["reference"]["stats"].endswith("data/stats.json")
     local = doc["measures"]
-    by_file = drift.check_drift(synth_root, str(reference), load_config(REPO / "params.yaml", None,
+    by_file = drift.check_drift(synth_root, drift.Reference.from_file(str(reference)), load_config(REPO / "params.yaml", None,
                                                                        [*SMALL, "drift.workers=1"]))
     assert {n: local[n]["value"] for n in drift.MEASURES} == {n: by_file["measures"][n]["value"]
                                                                 for n in drift.MEASURES}

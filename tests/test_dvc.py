@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from egnet.config import Config, load_config
+from egnet.core.config import Config, load_config
 from egnet.data.versioning import DVC_PREFIX, materialise
 from tests._helpers_dvc import (
     REPO,
@@ -48,13 +48,18 @@ def _dvc_yaml() -> dict:
 # --- static: deps and params follow the code -------------------------------
 
 
-def _step_module(cmd: str) -> str:
-    """The module whose ``main`` a stage's ``egnet ...`` command runs (from the real CLI parser)."""
+def _step_modules(cmd: str) -> set[str]:
+    """The modules the handler of a stage's ``egnet ...`` command imports (from the real CLI parser)."""
+    import inspect
+    import textwrap
+
     from egnet.cli import build_parser
 
     argv = shlex.split(cmd)
     assert argv[0] == "egnet", cmd
-    return build_parser().parse_args(argv[1:]).handler.split(":")[0]
+    handler = build_parser().parse_args(argv[1:]).handler
+    source = textwrap.dedent(inspect.getsource(handler))
+    return {m for m in _imports_of(ast.parse(source), "egnet") if m.startswith("egnet.")}
 
 
 def _module_file(name: str) -> Path | None:
@@ -66,8 +71,12 @@ def _module_file(name: str) -> Path | None:
 
 def _imports(path: Path, module: str) -> set[str]:
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    return _imports_of(ast.parse(path.read_text()), package)
+
+
+def _imports_of(tree: ast.AST, package: str) -> set[str]:
     names: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text())):  # every import, lazy ones in functions too
+    for node in ast.walk(tree):  # every import, lazy ones in functions too
         if isinstance(node, ast.Import):
             names.update(a.name for a in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -80,20 +89,13 @@ def _imports(path: Path, module: str) -> set[str]:
     return names
 
 
-#: modules a stage's step imports on a path the stage never takes, so not followed
-NOT_RUN = {
-    # inference imports the registry only to load `models:/NAME@ALIAS`; the stage passes a checkpoint
-    "evaluate": {"egnet.registry"},
-}
-
-
-def _closure(module: str, skip: set[str] = frozenset()) -> set[Path]:
-    """Files of every egnet module ``module`` imports, transitively (not following ``skip``)."""
+def _closure(modules: set[str]) -> set[Path]:
+    """Files of every egnet module ``modules`` import, transitively."""
     seen: dict[str, Path] = {}
-    todo = [module]
+    todo = list(modules)
     while todo:
         name = todo.pop()
-        if not name.startswith("egnet") or name in seen or name in skip or (path := _module_file(name)) is None:
+        if not name.startswith("egnet") or name in seen or (path := _module_file(name)) is None:
             continue
         seen[name] = path
         todo.extend(_imports(path, name))
@@ -121,7 +123,7 @@ def _declared_code(deps: list[str]) -> set[Path]:
 @pytest.mark.parametrize("stage", STAGES)
 def test_stage_code_deps_are_exactly_the_modules_its_step_imports(stage):
     spec = _dvc_yaml()[stage]
-    needed = {p for p in _closure(_step_module(spec["cmd"]), NOT_RUN.get(stage, set())) if _is_code(p)}
+    needed = {p for p in _closure(_step_modules(spec["cmd"])) if _is_code(p)}
     declared = _declared_code(spec["deps"])
     rel = lambda ps: sorted(str(p.relative_to(REPO)) for p in ps)  # noqa: E731
     assert not needed - declared, f"{stage}: add to deps: {rel(needed - declared)}"
@@ -157,7 +159,7 @@ def test_stage_params_are_exactly_the_keys_its_step_reads(stage):
     spec = _dvc_yaml()[stage]
     declared = {p for p in spec["params"] if isinstance(p, str)} - {"profile"}
     skip = NOT_FROM_PARAMS.get(stage, {})
-    files = _closure(_step_module(spec["cmd"]), NOT_RUN.get(stage, set()))
+    files = _closure(_step_modules(spec["cmd"]))
     read = {k for k in _keys_read(files) if k not in skip and k.split(".")[0] not in skip}
     covered = lambda k: k in declared or k.split(".")[0] in declared  # noqa: E731
     used = lambda d: any(k == d or k.split(".")[0] == d for k in read)  # noqa: E731

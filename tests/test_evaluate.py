@@ -13,10 +13,11 @@ import pytest
 import torch
 from torch import nn
 
-from egnet import inference
 from egnet.cli import main
-from egnet.errors import ConfigError
-from egnet.evaluate import qualitative_indices
+from egnet.core.errors import ConfigError
+from egnet.evaluation import inference
+from egnet.evaluation.evaluate import qualitative_indices
+from egnet.tracking import registered
 from tests._helpers_eval import cli_args, make_checkpoint, read_json
 
 
@@ -84,11 +85,11 @@ def test_qualitative_indices_spread_over_the_list() -> None:
 
 
 def test_parse_models_uri() -> None:
-    assert inference.parse_models_uri("models:/egnet-nightcity@champion") == ("egnet-nightcity", None, "champion")
-    assert inference.parse_models_uri("models:/egnet-nightcity/12") == ("egnet-nightcity", "12", None)
+    assert registered.parse_models_uri("models:/egnet-nightcity@champion") == ("egnet-nightcity", None, "champion")
+    assert registered.parse_models_uri("models:/egnet-nightcity/12") == ("egnet-nightcity", "12", None)
     for bad in ("models:/egnet-nightcity", "models:/a/b/3", "models:/@x", "models:/m/latest"):
         with pytest.raises(ConfigError):
-            inference.parse_models_uri(bad)
+            registered.parse_models_uri(bad)
 
 
 def test_training_run_id_found_from_file_dir_and_checkpoint(tmp_path: Path) -> None:

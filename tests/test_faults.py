@@ -25,9 +25,9 @@ import uuid
 import pytest
 import torch
 
-from egnet import checkpoint as ckpt
 from egnet.cli import main
-from egnet.storage import Location
+from egnet.core.storage import Location
+from egnet.training import checkpoint as ckpt
 from tests._helpers_eval import cli_args
 from tests._helpers_faults import S3FaultProxy
 from tests._helpers_registry import cheap_runs
@@ -96,7 +96,7 @@ def test_s3_throttling_of_checkpoint_writes_is_retried_then_fails_clearly(
         synth_root, split_dir, store, s3_env, monkeypatch) -> None:
     """ckpt_4's upload is throttled twice (retried with back-off: written); ckpt_8's always (after
     S3_MAX_ATTEMPTS, one clear error, exit 1). ckpt_4 stays whole, and resume would use it."""
-    import egnet.storage as storage
+    import egnet.core.storage as storage
 
     monkeypatch.setattr(storage, "S3_MAX_ATTEMPTS", 3)  # a short give-up for the test (default: 10)
     bucket = s3_env.bucket()
@@ -153,7 +153,7 @@ def test_register_killed_between_logging_and_registering_completes_on_rerun(
         mlflow_server, tmp_path, capsys) -> None:
     import mlflow
 
-    from egnet.inference import logged_model_id
+    from egnet.tracking.registered import logged_model_id
 
     uri = mlflow_server.uri
     exp, (run,) = cheap_runs(uri, tmp_path, 1, prelogged=0)
@@ -162,7 +162,7 @@ def test_register_killed_between_logging_and_registering_completes_on_rerun(
             *cli_args(f"tracking.uri={uri}", "register.serialization_format=pickle")]
     die_after_logging = textwrap.dedent("""
         import os, sys
-        import egnet.registry as registry
+        import egnet.registry.register as registry
         real = registry.log_model
         def log_then_die(*args, **kwargs):
             model_id = real(*args, **kwargs)
@@ -230,7 +230,7 @@ def test_disk_full_while_writing_step_outputs(limit, synth_root, split_dir, tmp_
 def test_disk_full_while_writing_a_checkpoint(synth_root, split_dir, store, tmp_path, monkeypatch) -> None:
     """Training into a disk with room for one checkpoint: ckpt_4 is written, ckpt_8 is not:
     exit 1 with one line, ckpt_4 intact, no temporary file left."""
-    from egnet.config import load_config
+    from egnet.core.config import load_config
     from egnet.models import build_model
     from tests._helpers_train import PARAMS, TINY
 

@@ -24,9 +24,9 @@ from pathlib import Path
 import pytest
 
 from egnet.cli import main
-from egnet.errors import ConfigError
-from egnet.locking import LOCK_ENV, LockSpec, LockTimeout, S3Lease, held
-from egnet.registry import CHALLENGER, CHAMPION, PREVIOUS
+from egnet.core.errors import ConfigError
+from egnet.registry.locking import LOCK_ENV, LockSpec, LockTimeout, S3Lease, held
+from egnet.tracking.registered import CHALLENGER, CHAMPION, PREVIOUS
 from tests._helpers_eval import cli_args
 from tests._helpers_registry import cheap_runs
 from tests.conftest import REPO
@@ -38,7 +38,7 @@ LOGGING_RACERS = 2  # of the RACERS, these log their model (pickle: seconds of C
 # A child process: take the lock, write "start <id>", pause, write "end <id>", release.
 HOLDER = textwrap.dedent("""
     import sys, time
-    from egnet.locking import LockSpec, held
+    from egnet.registry.locking import LockSpec, held
     uri, log, ident = sys.argv[1:4]
     with held(LockSpec(uri, ttl_s=30, timeout_s=120), "test"):
         with open(log, "a") as fh:
@@ -74,21 +74,21 @@ def _race_holders(uri: str, tmp_path: Path, n: int, env: dict[str, str] | None =
 def test_lock_spec_expands_variables_and_the_env_wins(monkeypatch) -> None:
     monkeypatch.delenv(LOCK_ENV, raising=False)
     monkeypatch.setenv("S3_BUCKET", "models")
-    assert LockSpec.resolve("s3://$S3_BUCKET/locks/egnet.lock").uri == "s3://models/locks/egnet.lock"
-    assert LockSpec.resolve("").uri == ""
+    assert LockSpec.resolve("s3://$S3_BUCKET/locks/egnet.lock", 120, 900).uri == "s3://models/locks/egnet.lock"
+    assert LockSpec.resolve("", 120, 900).uri == ""
     with pytest.raises(ConfigError, match="not set"):
-        LockSpec.resolve("s3://$NO_SUCH_VARIABLE_EGNET/x.lock")
+        LockSpec.resolve("s3://$NO_SUCH_VARIABLE_EGNET/x.lock", 120, 900)
     with pytest.raises(ConfigError, match="expected file:///path or s3://bucket/key"):
-        LockSpec.resolve("http://example.com/lock")
+        LockSpec.resolve("http://example.com/lock", 120, 900)
     with pytest.raises(ConfigError, match="expected s3://bucket/key"):
-        LockSpec.resolve("s3://bucket-only")
+        LockSpec.resolve("s3://bucket-only", 120, 900)
     monkeypatch.setenv(LOCK_ENV, "/tmp/from-env.lock")
     assert LockSpec.resolve("s3://models/x.lock", 5, 7) == LockSpec("/tmp/from-env.lock", 5, 7)
 
 
 def test_file_lock_serialises_processes_and_is_reentrant(tmp_path) -> None:
     _race_holders(f"file://{tmp_path / 'sub' / 'registry.lock'}", tmp_path, 4)
-    spec = LockSpec(str(tmp_path / "r.lock"), timeout_s=0.3)
+    spec = LockSpec(str(tmp_path / "r.lock"), ttl_s=120, timeout_s=0.3)
     with held(spec), held(spec):  # promote holds it around the move, which takes it again
         # another thread is a different holder: it must time out, not slip in
         failed: list[BaseException] = []

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 
 from egnet.cli import main
+from egnet.core.errors import DataError
 from egnet.data import layout
 from egnet.data.importer import ImportRefused, import_release, release_dest
 from egnet.data.synth import synthesize
-from egnet.errors import DataError
 from tests._helpers_data import REPO
 
 SIZE = (128, 64)

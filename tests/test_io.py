@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from egnet.errors import DataError
-from egnet.io import atomic_dir, atomic_file, read_json, write_json
+from egnet.core.errors import DataError
+from egnet.core.files import atomic_dir, atomic_file, read_json, write_json
 
 
 def _leftovers(parent):

@@ -18,9 +18,9 @@ import pytest
 import yaml
 
 from egnet.cli import main
-from egnet.config import load_config
-from egnet.errors import ConfigError
-from egnet.kfp_client import check_cron, parse_params
+from egnet.core.config import load_config
+from egnet.core.errors import ConfigError
+from egnet.pipeline.client import check_cron, parse_params
 from pipelines.nightcity_training import COMPILED
 from tests._helpers_http import Request, json_stub
 

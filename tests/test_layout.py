@@ -6,8 +6,8 @@ import cv2
 import numpy as np
 import pytest
 
+from egnet.core.errors import DataError
 from egnet.data import layout
-from egnet.errors import DataError
 from tests._helpers_data import write_pair
 
 

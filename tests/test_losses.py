@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from egnet.losses import SegExposureLoss
+from egnet.training.losses import SegExposureLoss
 
 torch.set_num_threads(1)
 

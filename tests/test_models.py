@@ -9,12 +9,12 @@ import pytest
 import torch
 import torchvision
 
-from egnet.config import ModelConfig
-from egnet.errors import ConfigError
-from egnet.losses import SegExposureLoss
+from egnet.core.config import ModelConfig
+from egnet.core.errors import ConfigError
 from egnet.models import EGNET_VARIANTS, build_model, count_flops, count_parameters
 from egnet.models.backbone import dilate_stages, resnet
 from egnet.models.egl import ConcatFusion, ExposureGuidance
+from egnet.training.losses import SegExposureLoss
 
 torch.set_num_threads(1)
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from egnet.config import load_config
-from egnet.kfp_steps import LAUNCHER_RESOURCES, train_pod_resources
+from egnet.core.config import load_config
+from egnet.pipeline.steps import LAUNCHER_RESOURCES, train_pod_resources
 from pipelines.nightcity_training import COMPILED, compile_pipeline
 
 REPO = Path(__file__).resolve().parents[1]

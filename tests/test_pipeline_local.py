@@ -94,10 +94,10 @@ def test_materialise_step_fetches_a_dvc_revision_once(tmp_path, monkeypatch):
     """data_repo + commit: fetched into data_cache once, reused by the next run; data_path: used as is."""
     import shutil
 
-    from egnet import kfp_steps
     from egnet.data import versioning
     from egnet.data.synth import synthesize
     from egnet.data.versioning import DVC_PREFIX, dvc_add
+    from egnet.pipeline import steps as kfp_steps
     from tests._helpers_dvc import commit, dir_md5, init_repo, isolate_inprocess, tool_env
 
     isolate_inprocess(monkeypatch, tmp_path)

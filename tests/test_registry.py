@@ -27,11 +27,13 @@ import pytest
 import torch
 
 from egnet.cli import main
-from egnet.compare import compare_tables
-from egnet.errors import EgnetError
-from egnet.inference import logged_model_id
-from egnet.promotion import gate, move_champion
-from egnet.registry import CHALLENGER, CHAMPION, LINEAGE_TAGS, PREVIOUS, log_model
+from egnet.core.errors import EgnetError
+from egnet.tracking.registered import logged_model_id
+from egnet.registry.compare import compare_tables
+from egnet.registry.promotion import gate, move_champion
+from egnet.registry.register import log_model
+from egnet.tracking.registered import CHALLENGER, CHAMPION, PREVIOUS
+from egnet.tracking.runs import LINEAGE_TAGS
 from tests._helpers_eval import read_json
 from tests._helpers_registry import GOOD_ITERATIONS, World, world_on
 
@@ -262,7 +264,7 @@ def test_champion_from_the_registry_predicts_like_its_checkpoint(world, synth_ro
 def test_pt2_mlflow_model_serves_the_same_logits(world) -> None:
     import mlflow
 
-    from egnet.checkpoint import load_model
+    from egnet.training.checkpoint import load_model
 
     mlflow.set_tracking_uri(world.uri)  # models:/ resolves through the tracking server
     mlflow.set_registry_uri(world.uri)

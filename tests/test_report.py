@@ -23,8 +23,9 @@ import torch
 from egnet.cli import main
 from egnet.data.exposure import NUM_BINS
 from egnet.data.labels import CLASS_NAMES
+from egnet.evaluation.report import confused_pairs
+from egnet.evaluation.worst import WorstImages, image_scores
 from egnet.metrics import metrics_from_counts
-from egnet.report import WorstImages, confused_pairs, image_scores
 from tests._helpers_eval import PARAMS, TINY_MODEL, cli_args
 from tests._helpers_train import train_argv
 from tests.conftest import SMALL
@@ -106,11 +107,11 @@ def complete_evaluation(run_id: str, train_dir: Path, data: Path, split: Path, u
     worst/), computed the way it computes metrics, for an evaluate that does not save them yet."""
     import mlflow
 
-    from egnet import inference
-    from egnet.config import load_config
+    from egnet.core.config import load_config
     from egnet.data import layout
     from egnet.data.exposure import bin_index_torch
     from egnet.data.labels import to_train_ids
+    from egnet.evaluation import inference
     from egnet.metrics import ExposureConfusion
 
     cfg = load_config(PARAMS, "quick", [*SMALL, *TINY_MODEL])   # as `cli_args()` gives evaluate

@@ -13,10 +13,10 @@ import torch
 from PIL import Image
 
 from egnet.cli import main as cli
+from egnet.core.errors import DataError
 from egnet.data import exposure, labels, layout
-from egnet.errors import DataError
+from egnet.evaluation.score import detect_ids
 from egnet.metrics import ExposureConfusion
-from egnet.score import detect_ids
 from tests._helpers_data import cli_args, make_dataset
 
 SIZE = (64, 32)
@@ -91,7 +91,7 @@ def test_noisy_predictions_match_the_engine_in_both_encodings(dataset, tmp_path)
         image = torch.from_numpy(layout.read_image(p.image)).permute(2, 0, 1)
         acc.update(torch.from_numpy(labels.to_train_ids(pred)).long(),
                    torch.from_numpy(labels.to_train_ids(_gt(p))).long(), exposure.bin_index_torch(image))
-    from egnet.score import score
+    from egnet.evaluation.score import score
 
     stems = [p.stem for p in pairs]
     for average in ("weighted", "macro", "micro"):

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from egnet.cli import main as cli
+from egnet.core.errors import DataError
 from egnet.data import layout
 from egnet.data import split as split_mod
-from egnet.errors import DataError
 from tests._helpers_data import cli_args, make_dataset
 from tests.conftest import SMALL_SIZE as SIZE
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from egnet.cli import main as cli
+from egnet.core.errors import DataError
 from egnet.data import exposure, labels, layout, stats
-from egnet.errors import DataError
 from tests._helpers_data import cli_args, make_dataset, random_pair, write_pair
 from tests.conftest import SMALL_SIZE
 
@@ -203,7 +203,7 @@ def test_cli_on_synthetic_data(synth_root, split_dir, tmp_path):
 
 
 def test_bar_chart_edge_cases(tmp_path):
-    from egnet import plots
+    from egnet.data import charts as plots
 
     # all-zero / missing values on a log axis still make a chart; a short series is refused
     path = plots.class_chart(tmp_path / "c.png", {"train": [0] * 19, "test": [None] * 19}, "t", "y", log=True)

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from egnet.cli import main
+from egnet.core.errors import ConfigError
 from egnet.data import labels, layout
 from egnet.data.exposure import NUM_BINS, bin_index
 from egnet.data.synth import render_scene, scene_name, split_of, synthesize
-from egnet.errors import ConfigError
 from tests._helpers_data import cli_args
 
 SIZE = (256, 128)

@@ -8,9 +8,9 @@ import time
 
 import pytest
 
-from egnet import tracking
-from egnet.config import load_config
-from egnet.errors import ConfigError
+from egnet.core.config import load_config
+from egnet.core.errors import ConfigError
+from egnet.tracking import runs as tracking
 from tests._helpers_train import (  # noqa: F401
     PARAMS,
     TINY,
@@ -39,15 +39,15 @@ def test_unreachable_or_unusable_uris_are_config_errors(cfg, monkeypatch, tmp_pa
     port = free_port()  # nothing listens there
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
     with pytest.raises(ConfigError, match=rf"MLflow tracking URI http://127.0.0.1:{port} is not reachable"):
-        tracking.connect(cfg, timeout_s=2)
+        tracking.connect_mlflow(cfg, timeout_s=2)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/missing/dir/mlflow.db")
     with pytest.raises(ConfigError, match="does not exist"):
-        tracking.connect(cfg)
+        tracking.connect_mlflow(cfg)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "ftp://host/x")
     with pytest.raises(ConfigError, match="unsupported scheme 'ftp'"):
-        tracking.connect(cfg)
+        tracking.connect_mlflow(cfg)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
-    assert tracking.connect(cfg) == f"sqlite:///{tmp_path}/mlflow.db"
+    assert tracking.connect_mlflow(cfg) == f"sqlite:///{tmp_path}/mlflow.db"
 
 
 def test_train_with_a_wrong_tracking_uri_fails_at_once_with_one_line(synth_root, split_dir, tmp_path):

@@ -8,8 +8,8 @@ import signal
 import pytest
 import torch
 
-from egnet.checkpoint import read_checkpoint
-from egnet.config import load_config
+from egnet.core.config import load_config
+from egnet.training.checkpoint import read_checkpoint
 from tests._helpers_train import (  # noqa: F401
     PARAMS,
     run_train_here,
@@ -98,7 +98,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_with_143(synth_root, split_dir, tm
 
 @pytest.mark.slow
 def test_s3_output_and_resume(synth_root, split_dir, tmp_path, tracking_db, s3_env, monkeypatch):  # noqa: F811
-    from egnet.checkpoint import load_model
+    from egnet.training.checkpoint import load_model
 
     bucket = s3_env.bucket()
     out = f"s3://{bucket}/runs/r1"

@@ -5,22 +5,24 @@
   (tests/_k8s.py: Trainer v2.3.0, Training Operator v1.9.4) and the Pod schema.
 - The client (create / 409 re-attach / wait / fail / cleanup) runs against a loopback HTTP
   stub of the Kubernetes API paths of the custom resources; no cluster here.
-- The train step's multi-node path (egnet.kfp_steps.train_step with nodes > 1) runs end to end
+- The train step's multi-node path (egnet.pipeline.steps.run_training with nodes > 1) runs end to end
   against the stub and a moto S3 server: split staged on the "PVC", job created, model fetched.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 from pathlib import Path
 
 import pytest
 import yaml
 
-from egnet import trainjob as tj
-from egnet.config import load_config
-from egnet.errors import ConfigError, DataError
+from egnet.core.config import load_config
+from egnet.core.errors import ConfigError, DataError
+from egnet.pipeline import jobs as jobs_mod
+from egnet.pipeline import trainjob as tj
 from tests._helpers_http import Request, json_stub
 from tests._k8s import PYTORCHJOB_SCHEMA, TRAINJOB_SCHEMA, as_pod, crd_errors, k8s_errors, pod_views
 
@@ -33,10 +35,13 @@ EXAMPLE_ARGS = ["--data=/data/nightcity", "--split=/data/splits/example",
 
 
 def example_spec(**over) -> tj.JobSpec:
-    """The run the k8s/training templates describe."""
-    base = dict(name="egnet-train-example", image="registry.example.com/egnet:0.1.0", nodes=2, gpus_per_node=1,
-                args=EXAMPLE_ARGS, env=tj.pod_env())
-    return tj.JobSpec(**{**base, **over})
+    """The run the k8s/training templates describe, with params.yaml's pipeline settings."""
+    from pipelines.nightcity_training import _cluster_settings
+
+    cluster = {**_cluster_settings(load_config(REPO / "params.yaml")), "mlflow_secret": ""}
+    spec = tj.JobSpec.from_cluster(cluster, name="egnet-train-example", image="registry.example.com/egnet:0.1.0",
+                                   nodes=2, gpus_per_node=1, args=EXAMPLE_ARGS)
+    return dataclasses.replace(spec, **over)
 
 
 # --------------------------------------------------------------------------- manifests
@@ -53,7 +58,8 @@ def varied_specs() -> list[tj.JobSpec]:
         example_spec(),
         example_spec(name=tj.job_name("9f1c2d3e-0000-4c4c-8888-abcdefabcdef"), nodes=4, gpus_per_node=8,
                      labels={tj.RUN_LABEL: "9f1c2d3e-0000-4c4c-8888-abcdefabcdef"},
-                     env=tj.pod_env(mlflow_secret="egnet-mlflow", mlflow_uri="http://mlflow:5000"),
+                     env=tj.pod_env("egnet-endpoints", "egnet-s3", mlflow_secret="egnet-mlflow",
+                                    mlflow_uri="http://mlflow:5000"),
                      tolerations=[tj.toleration("gpu", "a100", "NoExecute")], shm_size="64Gi"),
         example_spec(nodes=1, node_selector={}, tolerations=[], runtime="torch-custom", active_deadline_s=3600),
     ]
@@ -107,21 +113,22 @@ def test_toleration_and_env():
     assert tj.toleration("nvidia.com/gpu", "", "NoSchedule") == {"key": "nvidia.com/gpu", "operator": "Exists",
                                                                  "effect": "NoSchedule"}
     assert tj.toleration("gpu", "a100", "NoSchedule")["operator"] == "Equal"
-    env = {e["name"]: e for e in tj.pod_env(mlflow_uri="http://m:5000", mlflow_secret="egnet-mlflow")}
+    env = {e["name"]: e for e in tj.pod_env("egnet-endpoints", "egnet-s3", mlflow_uri="http://m:5000",
+                                            mlflow_secret="egnet-mlflow")}
     assert env["MLFLOW_TRACKING_URI"] == {"name": "MLFLOW_TRACKING_URI", "value": "http://m:5000"}
     assert env["MLFLOW_TRACKING_TOKEN"]["valueFrom"]["secretKeyRef"]["optional"] is True
     assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "egnet-s3"
 
 
 def test_job_spec_from_the_compile_time_params():
-    """kfp_steps.job_spec: the pipeline section of params.yaml -> the templates' pod settings."""
-    from egnet.kfp_steps import job_spec
+    """JobSpec.from_cluster: the pipeline section of params.yaml -> the templates' pod settings."""
     from pipelines.nightcity_training import _cluster_settings
 
     cfg = load_config(REPO / "params.yaml")
     cluster = {k: float(v) if isinstance(v, int) else v for k, v in _cluster_settings(cfg).items()}  # as KFP passes it
-    spec = job_spec(name="egnet-train-example", image="registry.example.com/egnet:0.1.0", nodes=2, gpus_per_node=1,
-                    args=EXAMPLE_ARGS, run_id="r1", cluster={**cluster, "mlflow_secret": ""})
+    spec = tj.JobSpec.from_cluster({**cluster, "mlflow_secret": ""}, name="egnet-train-example",
+                                   image="registry.example.com/egnet:0.1.0", nodes=2, gpus_per_node=1,
+                                   args=EXAMPLE_ARGS, run_id="r1")
     built = tj.build_trainjob(spec)
     (template,) = yaml.safe_load_all(TEMPLATES["trainjob"].read_text())
     assert built["metadata"]["labels"].pop(tj.RUN_LABEL) == "r1"
@@ -177,12 +184,12 @@ def k8s():
         yield fake
 
 
-def jobs_for(fake: FakeK8s, kind: str = "trainjob", namespace: str = "egnet") -> tj.TrainingJobs:
+def jobs_for(fake: FakeK8s, kind: str = "trainjob", namespace: str = "egnet") -> jobs_mod.TrainingJobs:
     from kubernetes import client
 
     conf = client.Configuration()
     conf.host = fake.url
-    return tj.TrainingJobs(client.CustomObjectsApi(client.ApiClient(conf)), namespace, kind)
+    return jobs_mod.TrainingJobs(client.CustomObjectsApi(client.ApiClient(conf)), namespace, kind)
 
 
 def cond(kind: str, status: str = "True", reason: str = "", message: str = "") -> dict:
@@ -209,7 +216,7 @@ def run(jobs, obj, clock=None, **kw):
     logs: list[str] = []
     kw.setdefault("timeout_s", 3600)
     kw.setdefault("poll_s", 30)
-    state = tj.run_job(jobs, obj, log=logs.append, clock=clock, sleep=clock.sleep, **kw)
+    state = jobs_mod.run_job(jobs, obj, log=logs.append, clock=clock, sleep=clock.sleep, **kw)
     return state, logs
 
 
@@ -294,7 +301,7 @@ def test_pytorchjob_status(k8s):
                           {"conditions": [{"type": "Running", "status": "False"},
                                           {"type": "Succeeded", "status": "True", "reason": "PyTorchJobSucceeded"}]}]
     state, logs = run(jobs_for(k8s, "pytorchjob"), obj)
-    assert state == tj.JobState("succeeded", "PyTorchJobSucceeded")
+    assert state == jobs_mod.JobState("succeeded", "PyTorchJobSucceeded")
     assert k8s.requests[0][1] == "/apis/kubeflow.org/v1/namespaces/egnet/pytorchjobs"
 
 
@@ -308,8 +315,8 @@ class Artifact:
 
 def test_train_step_multi_node_end_to_end(k8s, s3_env, tmp_path, monkeypatch):  # noqa: F811 (fixture)
     """Split staged on the PVC, a TrainJob created with the run's args, the model fetched from S3."""
-    from egnet import kfp_steps
-    from egnet.storage import Location
+    from egnet.core.storage import Location
+    from egnet.pipeline import steps as kfp_steps
     from pipelines.nightcity_training import _cluster_settings
 
     bucket = s3_env.bucket()
@@ -335,11 +342,11 @@ def test_train_step_multi_node_end_to_end(k8s, s3_env, tmp_path, monkeypatch):  
     cfg = load_config(REPO / "params.yaml", overrides=[f"pipeline.data_mount={pvc}", "pipeline.poll_s=1"])
     cluster = _cluster_settings(cfg)
     model = tmp_path / "model"
-    summary = kfp_steps.train_step(
+    summary = kfp_steps.run_training(
         data=str(data), split=str(split), quarantine=str(quarantine), model_dir=str(model), nodes=2,
         gpus_per_node=4, image="registry.example.com/egnet:abc", train_out="s3://${TEST_BUCKET}/runs",
         run_id=run_id, job_kind="trainjob", cluster=cluster, mlflow_uri="http://mlflow:5000",
-        config=["--profile", "paper", "--set", "tracking.experiment=nightly"],
+        config=["--profile", "paper", "--set", "tracking.experiment=nightly"], run=_no_local_training,
         jobs_factory=lambda kind: jobs_for(k8s, kind))
     assert summary["train_out"] == f"s3://{bucket}/runs/{job}" and summary["iteration"] == 40000
     assert (model / "model.pt").read_text() == "weights" and (model / "mlflow_run_id").read_text() == "abc123"
@@ -358,16 +365,21 @@ def test_train_step_multi_node_end_to_end(k8s, s3_env, tmp_path, monkeypatch):  
     assert created["metadata"]["labels"][tj.RUN_LABEL] == run_id
 
 
+def _no_local_training(argv, config):
+    pytest.fail(f"multi-node training ran `egnet {' '.join(map(str, argv))}` in the launcher pod")
+
+
 def test_train_step_multi_node_needs_shared_storage(tmp_path):
-    from egnet import kfp_steps
+    from egnet.pipeline import steps as kfp_steps
     from pipelines.nightcity_training import _cluster_settings
 
     cluster = _cluster_settings(load_config(REPO / "params.yaml"))
     with pytest.raises(ConfigError, match="train_out must be s3://"):
-        kfp_steps.train_step(data="/data/nightcity", split=str(tmp_path), quarantine=None,
+        kfp_steps.run_training(data="/data/nightcity", split=str(tmp_path), quarantine=None,
                              model_dir=str(tmp_path / "m"), nodes=2, gpus_per_node=1, image="i", train_out="",
-                             run_id="r", job_kind="trainjob", cluster=cluster, config=[])
+                             run_id="r", job_kind="trainjob", cluster=cluster, config=[],
+                               run=_no_local_training)
     with pytest.raises(ConfigError, match="not on it"):
-        kfp_steps.train_step(data=str(tmp_path), split=str(tmp_path), quarantine=None, model_dir=str(tmp_path / "m"),
+        kfp_steps.run_training(data=str(tmp_path), split=str(tmp_path), quarantine=None, model_dir=str(tmp_path / "m"),
                              nodes=2, gpus_per_node=1, image="i", train_out="s3://b/runs", run_id="r",
-                             job_kind="trainjob", cluster=cluster, config=[])
+                             job_kind="trainjob", cluster=cluster, config=[], run=_no_local_training)

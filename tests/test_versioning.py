@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from egnet.core.errors import DataError
 from egnet.data import versioning
 from egnet.data.versioning import CONTENT_PREFIX, DVC_PREFIX, data_version, dvc_add, materialise
-from egnet.errors import DataError
 from tests._helpers_dvc import commit, dir_md5, dvc, init_repo, isolate_inprocess, tool_env, tree_bytes
 
 SIZE = (128, 64)

@@ -11,7 +11,7 @@ Train transform (paper Sec. 5: 300x300 crops): one random draw per sample of sca
 s ~ U[scale_min, scale_max], crop position and horizontal flip, applied to image and
 label alike; image resized bilinearly, label nearest; padding to the crop size is 0 for
 the image and 255 (ignore) for the label. Random numbers come from the sample's own
-seed (see :class:`egnet.distributed.ResumableDistributedSampler`), so augmentation is a
+seed (see :class:`egnet.training.distributed.ResumableDistributedSampler`), so augmentation is a
 function of (seed, epoch, position): the same with any number of workers or processes
 and after a resume.
 
@@ -23,7 +23,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import cv2
@@ -31,7 +30,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from egnet.config import TrainConfig
+from egnet.core.config import TrainConfig
 from egnet.data import layout
 from egnet.data.exposure import bin_index
 from egnet.data.labels import IGNORE_INDEX, to_train_ids
@@ -132,16 +131,6 @@ class SegmentationDataset(Dataset):
         sample["image"] = torch.from_numpy(image).permute(2, 0, 1).contiguous()
         sample["label"] = torch.from_numpy(label.astype(np.int64))
         return sample
-
-
-def split_pairs(data: str | Path, split_dir: str | Path, which: str,
-                quarantine: str | Path | None = None) -> list[layout.Pair]:
-    """Pairs of ``split_dir/<which>.txt`` (train|test), quarantined stems skipped."""
-    pairs = layout.pairs_by_stem(data, quarantine)
-    list_path = Path(split_dir) / f"{which}.txt"
-    skip = layout.read_quarantine(quarantine if quarantine else layout.default_quarantine(data))
-    stems = [s for s in layout.read_split_list(list_path) if s not in skip]
-    return layout.select(pairs, stems, str(list_path))
 
 
 def to_float(images: torch.Tensor) -> torch.Tensor:

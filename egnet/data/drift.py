@@ -8,9 +8,9 @@ NEW_DATA's statistics come from the same per-image function as ``egnet data stat
 split; quarantined stems skipped). The reference is the ``drift.reference_split``
 ("train") of a stats.json: a file or its folder, ``runs:/RUN_ID``, or a registered
 version ``models:/NAME@ALIAS`` / ``models:/NAME/VERSION`` whose training run carries
-the stats.json as the artifact ``data/stats.json`` (:func:`egnet.tracking.log_data_stats` logs it;
-``data_stats/stats.json``, or a run tag ``data_stats`` naming a file, are read when
-``data/stats.json`` is absent).
+the stats.json as the artifact ``data/stats.json``. This module compares; the MLflow look-up
+of a ``runs:/`` or ``models:/`` reference is :mod:`egnet.tracking.reference`, which hands the
+document in (the data layer never talks to the tracking server).
 
 Measures (each passes at or below its ``drift.<measure>`` threshold):
 
@@ -31,7 +31,6 @@ usable as a later ``--reference``), ``exposure_overlay.png``, ``class_overlay.pn
 
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -41,19 +40,14 @@ from typing import Any
 import numpy as np
 from scipy.stats import wasserstein_distance
 
-from egnet.config import Config, DriftConfig
+from egnet.core.config import Config, DriftConfig
+from egnet.core.errors import ConfigError, DataError, GateRefused
+from egnet.core.files import atomic_dir, read_json, write_json
+from egnet.core.text import fmt, render_table
 from egnet.data import exposure, labels, layout, stats
 from egnet.data.split import js_distance
-from egnet.errors import ConfigError, DataError, GateRefused
-from egnet.io import atomic_dir, read_json, write_json
-from egnet.tracking import DATA_STATS_ARTIFACT
 
 MEASURES = ("js_exposure", "wasserstein_exposure", "js_class", "class_mean_exposure_shift")
-#: where a training run keeps its data's stats.json, in the order they are tried
-# the training run's copy of its split's stats.json (egnet.tracking.log_data_stats), or an older name
-REFERENCE_ARTIFACTS = (DATA_STATS_ARTIFACT, "data_stats/stats.json")
-#: run tag (or param) naming a stats.json file (local or s3://) when no artifact holds one
-REFERENCE_TAG = "data_stats"
 NEW_SPLIT = "all"
 BIN_CENTRES = np.array([(lo + hi) / 2 for lo, hi in exposure.BIN_EDGES])
 
@@ -63,10 +57,6 @@ DESCRIPTIONS = {
     "js_class": "Jensen-Shannon distance (base 2) of labelled pixels per class",
     "class_mean_exposure_shift": "largest change of a class's mean exposure (HSV V)",
 }
-
-
-class ReferenceMissing(ConfigError):
-    """The registered version named by ``--reference`` does not exist (e.g. no champion yet)."""
 
 
 @dataclass(frozen=True)
@@ -164,54 +154,19 @@ class Reference:
     doc: dict[str, Any]
     source: dict[str, Any]   # spec, kind (file|run|registry), and where it came from
 
-
-def _registry_run(client: Any, spec: str) -> tuple[str, dict[str, Any]]:
-    from mlflow.exceptions import MlflowException
-
-    from egnet.inference import parse_models_uri
-
-    try:
-        name, version, alias = parse_models_uri(spec)
-    except ConfigError as exc:
-        raise ConfigError(str(exc).replace("--model", "--reference", 1)) from None
-    try:
-        mv = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, version)
-    except MlflowException as exc:
-        what = f"alias '{alias}'" if alias else f"version {version}"
-        raise ReferenceMissing(f"--reference {spec}: registered model '{name}' has no {what} "
-                               f"({exc.error_code})") from None
-    if not mv.run_id:
-        raise DataError(f"--reference {spec}: version {mv.version} has no training run to read stats from")
-    return mv.run_id, {"kind": "registry", "name": mv.name, "version": str(mv.version), "alias": alias}
+    @classmethod
+    def from_file(cls, spec: str) -> Reference:
+        """A stats.json given as a file, its folder, or an s3:// object (runs:/ and models:/
+        references are MLflow look-ups: egnet.tracking.reference)."""
+        with tempfile.TemporaryDirectory(prefix="egnet-drift-") as tmp:
+            path = reference_file(spec, Path(tmp), f"--reference {spec}")
+            return cls(read_json(path, "reference stats.json"), {"spec": spec, "kind": "file", "stats": str(path)})
 
 
-def _run_stats(client: Any, run_id: str, spec: str, dst: Path) -> tuple[Path, str]:
-    """Download the run's stats.json; returns (local file, where it came from)."""
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
-    try:
-        run = client.get_run(run_id)
-    except MlflowException as exc:
-        raise DataError(f"--reference {spec}: MLflow run {run_id}: {exc.error_code}") from None
-    for artifact in REFERENCE_ARTIFACTS:
-        folder, _, fname = artifact.rpartition("/")
-        if any(f.path == artifact for f in client.list_artifacts(run_id, folder)):
-            local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact, dst_path=str(dst),
-                                                        tracking_uri=mlflow.get_tracking_uri())
-            return Path(local), f"runs:/{run_id}/{artifact}"
-    named = run.data.tags.get(REFERENCE_TAG) or run.data.params.get(REFERENCE_TAG)
-    if named:
-        return _fetch_file(named, dst, f"--reference {spec} (run tag {REFERENCE_TAG})"), named
-    raise DataError(f"--reference {spec}: run {run_id} has no {' or '.join(REFERENCE_ARTIFACTS)} artifact and no "
-                    f"'{REFERENCE_TAG}' tag; log the training data's stats.json into it "
-                    "(`egnet train --stats DIR` or egnet.tracking.log_data_stats) or pass the stats.json itself")
-
-
-def _fetch_file(spec: str, dst: Path, what: str) -> Path:
+def reference_file(spec: str, dst: Path, what: str) -> Path:
     """A stats.json given as a local file or folder, or an s3:// object."""
     if spec.startswith("s3://"):
-        from egnet.storage import Location
+        from egnet.core.storage import Location
 
         parent, _, name = spec.rstrip("/").rpartition("/")
         local = dst / "stats.json"
@@ -225,28 +180,6 @@ def _fetch_file(spec: str, dst: Path, what: str) -> Path:
     if not path.is_file():
         raise ConfigError(f"{what}: {path} not found")
     return path
-
-
-def resolve_reference(spec: str, cfg: Config) -> Reference:
-    """Read the reference stats.json named by ``spec`` (see the module docstring)."""
-    source: dict[str, Any] = {"spec": spec}
-    with tempfile.TemporaryDirectory(prefix="egnet-drift-") as tmp:
-        if spec.startswith(("models:/", "runs:/")):
-            import mlflow
-
-            from egnet.tracking import connect
-
-            client = mlflow.MlflowClient(tracking_uri=connect(cfg))
-            if spec.startswith("models:/"):
-                run_id, info = _registry_run(client, spec)
-            else:
-                run_id, info = spec[len("runs:/"):].strip("/").split("/")[0], {"kind": "run"}
-            path, where = _run_stats(client, run_id, spec, Path(tmp))
-            source.update(info, run_id=run_id, stats=where)
-        else:
-            path = _fetch_file(spec, Path(tmp), f"--reference {spec}")
-            source.update(kind="file", stats=str(path))
-        return Reference(read_json(path, "reference stats.json"), source)
 
 
 # --------------------------------------------------------------------------- new data
@@ -312,7 +245,7 @@ def drift_report(ref: Distribution, new: Distribution, cfg: DriftConfig, referen
 
 def write_charts(out: Path, report: dict[str, Any]) -> list[Path]:
     """Overlays of reference and new data: exposure bins, class shares, class mean exposure."""
-    from egnet import plots
+    from egnet.data import charts as plots
 
     def pair(key: str) -> dict[str, list[float | None]]:
         return {"reference": report[key]["reference"], "new data": report[key]["new"]}
@@ -328,12 +261,11 @@ def write_charts(out: Path, report: dict[str, Any]) -> list[Path]:
 
 
 def format_table(report: dict[str, Any]) -> str:
-    lines = [f"{'measure':<26} {'value':>8} {'threshold':>10}  result", "-" * 56]
-    for name, m in report["measures"].items():
-        value = "-" if m["value"] is None else f"{m['value']:.4f}"
-        extra = f"  ({m['class']})" if m.get("class") else ""
-        lines.append(f"{name:<26} {value:>8} {m['threshold']:>10.4f}  {'ok' if m['passed'] else 'DRIFT'}{extra}")
-    return "\n".join(lines)
+    rows = [("measure", "value", "threshold", "result")]
+    rows += [(name, fmt(m["value"]), f"{m['threshold']:.4f}",
+              ("ok" if m["passed"] else "DRIFT") + (f"  ({m['class']})" if m.get("class") else ""))
+             for name, m in report["measures"].items()]
+    return render_table(rows, "<>><")
 
 
 def failure_line(report: dict[str, Any], out: Path | None) -> str:
@@ -343,11 +275,10 @@ def failure_line(report: dict[str, Any], out: Path | None) -> str:
     return f"data drift against {report['reference']['spec']}: {', '.join(parts)}{where}"
 
 
-def check_drift(new_data: str | Path, reference: str, cfg: Config, out: str | Path | None = None,
+def check_drift(new_data: str | Path, ref_doc: Reference, cfg: Config, out: str | Path | None = None,
                 quarantine: str | Path | None = None) -> dict[str, Any]:
-    """Compare ``new_data`` with ``reference``; write outputs to ``out`` (atomic) if given; return
-    drift.json. Never raises for drift itself: callers decide (see ``drift.action``)."""
-    ref_doc = resolve_reference(reference, cfg)
+    """Compare ``new_data`` with the reference stats; write outputs to ``out`` (atomic) if given;
+    return drift.json. Never raises for drift itself: callers decide (see ``drift.action``)."""
     ref, split = Distribution.from_stats_doc(ref_doc.doc, cfg.drift.reference_split, ref_doc.source["spec"])
     totals, new_doc = new_data_stats(new_data, tuple(cfg.data.image_size), cfg.drift.workers, quarantine)
     report = drift_report(ref, Distribution.from_totals(totals), cfg.drift, {**ref_doc.source, "split": split},
@@ -365,26 +296,20 @@ def skipped_report(reference: str, reason: str) -> dict[str, Any]:
             "measures": {}}
 
 
-def main(args: argparse.Namespace, cfg: Config) -> int:
-    """`egnet data drift NEW_DATA --reference SPEC [--out DIR] [--quarantine F] [--allow-missing-reference]`."""
-    try:
-        report = check_drift(args.data, args.reference, cfg, args.out, args.quarantine)
-    except ReferenceMissing as exc:
-        if not args.allow_missing_reference:
-            raise
-        report = skipped_report(args.reference, str(exc))
-        if args.out is not None:
-            with atomic_dir(args.out) as tmp:
-                write_json(tmp / "drift.json", report)
-        print(f"drift: skipped, no reference: {exc}")
-        return 0
+def write_skipped(out: str | Path, report: dict[str, Any]) -> None:
+    with atomic_dir(out) as tmp:
+        write_json(tmp / "drift.json", report)
+
+
+def verdict(report: dict[str, Any], cfg: Config, out: str | Path | None) -> int:
+    """Print the comparison; 0 when it passed or ``drift.action`` is flag, else GateRefused (exit 1)."""
     print(f"drift: {report['new_data']['num_images']} new images vs {report['reference']['num_images']} reference "
           f"images ({report['reference']['spec']}, split {report['reference']['split']})")
     print(format_table(report))
     if report["passed"]:
-        print("drift: all measures within thresholds" + (f"; wrote {args.out}" if args.out else ""))
+        print("drift: all measures within thresholds" + (f"; wrote {out}" if out else ""))
         return 0
-    line = failure_line(report, args.out)
+    line = failure_line(report, Path(out) if out else None)
     if cfg.drift.action == "flag":
         print(f"egnet: warning: {line} (drift.action=flag: not failing)", file=sys.stderr)
         return 0

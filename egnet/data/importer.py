@@ -24,11 +24,11 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from egnet.config import Config
+from egnet.core.config import Config
+from egnet.core.errors import ConfigError, DataError
+from egnet.core.files import atomic_dir
 from egnet.data import layout
 from egnet.data.validate import format_problems, validate
-from egnet.errors import ConfigError, DataError
-from egnet.io import atomic_dir
 
 JUNK_NAMES = {".DS_Store", "Thumbs.db", "desktop.ini"}
 #: the release folder under which each kind of file lives (NightCity-images/images, NightCity-label/label)

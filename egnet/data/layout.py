@@ -18,7 +18,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from egnet.errors import DataError
+from egnet.core.errors import DataError
 
 IMAGES_DIR = Path("NightCity-images") / "images"
 LABELS_DIR = Path("NightCity-label") / "label"
@@ -108,10 +108,27 @@ def default_quarantine(root: str | Path) -> Path:
     return Path(root) / "quarantine.txt"
 
 
+def quarantined(root: str | Path, quarantine: str | Path | None = None) -> set[str]:
+    """Stems set aside by `egnet data validate --quarantine`: those of the file given, else of
+    DATA/quarantine.txt (the one place that default is read)."""
+    return read_quarantine(quarantine if quarantine else default_quarantine(root))
+
+
 def pairs_by_stem(root: str | Path, quarantine: str | Path | None = None) -> dict[str, Pair]:
     """Complete pairs keyed by stem, quarantined stems (explicit file, else DATA/quarantine.txt) left out."""
-    skip = read_quarantine(quarantine if quarantine else default_quarantine(root))
+    skip = quarantined(root, quarantine)
     return {p.stem: p for p in scan(root).pairs if p.stem not in skip}
+
+
+def split_pairs(root: str | Path, split_dir: str | Path, which: str,
+                quarantine: str | Path | None = None) -> tuple[list[Pair], int]:
+    """The pairs of ``split_dir/<which>.txt`` (train|test) with the stems quarantined since the
+    split left out, and how many were left out."""
+    list_path = Path(split_dir) / f"{which}.txt"
+    stems = read_split_list(list_path)
+    skip = quarantined(root, quarantine)
+    kept = [s for s in stems if s not in skip]
+    return select(pairs_by_stem(root, quarantine), kept, str(list_path)), len(stems) - len(kept)
 
 
 def read_split_list(path: str | Path) -> list[str]:

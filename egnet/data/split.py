@@ -33,13 +33,13 @@ from typing import Any
 import numpy as np
 from scipy.spatial.distance import jensenshannon
 
-from egnet.config import Config
+from egnet.core.config import Config
+from egnet.core.errors import ConfigError, DataError
+from egnet.core.files import atomic_dir, write_json
 from egnet.data import exposure, labels, layout
 from egnet.data.stats import ImageStats, map_images, totals
-from egnet.errors import ConfigError, DataError
-from egnet.io import atomic_dir, write_json
 
-#: official split of the real release (DESIGN.md "Data layout")
+#: official split of the real release (docs/data.md, "Layout")
 RELEASE_COUNTS = {"train": 2998, "val": 1299}
 #: a layout with more pairs than this is taken to be the real release (see module docstring)
 REAL_RELEASE_MIN_PAIRS = 1000
@@ -205,7 +205,7 @@ def split(
     if seed < 0:
         raise ConfigError(f"split seed {seed}: must be >= 0")
     listing = layout.scan(root)
-    skip = layout.read_quarantine(quarantine if quarantine else layout.default_quarantine(root))
+    skip = layout.quarantined(root, quarantine)
     quarantined = sorted(p.stem for p in listing.pairs if p.stem in skip)
     pairs = [p for p in listing.pairs if p.stem not in skip]
 

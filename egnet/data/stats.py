@@ -33,10 +33,10 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from egnet.config import Config
+from egnet.core.config import Config
+from egnet.core.errors import DataError
+from egnet.core.files import atomic_dir, cpu_workers, write_csv, write_json
 from egnet.data import exposure, labels, layout
-from egnet.errors import DataError
-from egnet.io import atomic_dir, cpu_workers, write_csv, write_json
 
 SPLIT_NAMES = ("train", "test")
 
@@ -175,22 +175,16 @@ def mean_exposure(t: SplitTotals) -> list[float | None]:
     return [float(s / n) if n else None for s, n in zip(t.class_exposure_sum, t.class_pixels, strict=True)]
 
 
-def split_pairs(
+def _both_splits(
     root: str | Path, split_dir: str | Path, quarantine: str | Path | None = None
 ) -> tuple[dict[str, list[layout.Pair]], dict[str, int]]:
-    """Pairs of train.txt and test.txt; stems quarantined since the split are skipped and counted."""
-    pairs = layout.pairs_by_stem(root, quarantine)
-    skip = layout.read_quarantine(quarantine if quarantine else layout.default_quarantine(root))
+    """Pairs of train.txt and test.txt, and the stems quarantined since the split, per split."""
     chosen: dict[str, list[layout.Pair]] = {}
     skipped: dict[str, int] = {}
     for name in SPLIT_NAMES:
-        source = Path(split_dir) / f"{name}.txt"
-        stems = layout.read_split_list(source)
-        kept = [s for s in stems if s not in skip]
-        if not kept:
-            raise DataError(f"{source}: no images to compute statistics on")
-        chosen[name] = layout.select(pairs, kept, str(source))
-        skipped[name] = len(stems) - len(kept)
+        chosen[name], skipped[name] = layout.split_pairs(root, split_dir, name, quarantine)
+        if not chosen[name]:
+            raise DataError(f"{Path(split_dir) / f'{name}.txt'}: no images to compute statistics on")
     return chosen, skipped
 
 
@@ -202,7 +196,7 @@ def compute_stats(
     quarantine: str | Path | None = None,
 ) -> dict[str, Any]:
     """The stats.json document for the splits in ``split_dir`` (see the module docstring)."""
-    chosen, skipped = split_pairs(root, split_dir, quarantine)
+    chosen, skipped = _both_splits(root, split_dir, quarantine)
     names = list(labels.CLASS_NAMES)
     # one pool over both splits: no second pool start and one tail instead of two
     every = map_images([p for name in SPLIT_NAMES for p in chosen[name]], size, workers)
@@ -247,7 +241,7 @@ def write_plot_data(out: Path, stats: dict[str, Any]) -> None:
 
 def write_charts(out: Path, stats: dict[str, Any]) -> list[Path]:
     """The three PNG bar charts of a stats.json document, into ``out``."""
-    from egnet import plots
+    from egnet.data import charts as plots
 
     names = stats["class_names"]
     return [

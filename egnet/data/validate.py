@@ -30,9 +30,9 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from egnet.config import Config
+from egnet.core.config import Config
+from egnet.core.files import atomic_file, cpu_workers, write_json
 from egnet.data import labels, layout
-from egnet.io import atomic_file, cpu_workers, write_json
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 MAX_LISTED = 10          # problems printed on stderr before "... and N more"

@@ -26,7 +26,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from egnet.errors import DataError
+from egnet.core.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -232,7 +232,7 @@ def materialise(
     """
     from dvc.api import DVCFileSystem
 
-    from egnet.io import atomic_dir
+    from egnet.core.files import atomic_dir
 
     remote_config = remote_config if remote_config is not None else _remote_config_from_env()
     where = f"{repo_url}@{rev or 'workspace'}"

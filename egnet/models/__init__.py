@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from egnet.config import ModelConfig
+from egnet.core.config import ModelConfig
 from egnet.models.baselines import BASELINES, TorchvisionSegmentation, build_baseline
 from egnet.models.counting import count_flops, count_parameters
 from egnet.models.egl import ExposureGuidance

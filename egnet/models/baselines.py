@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torchvision.models.segmentation import deeplabv3_resnet101, fcn_resnet101
 
-from egnet.config import ModelConfig
+from egnet.core.config import ModelConfig
 from egnet.models.backbone import ImageNetNormalize, load_backbone_weights
 
 log = logging.getLogger(__name__)

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models.segmentation.fcn import FCNHead
 
-from egnet.config import ModelConfig
+from egnet.core.config import ModelConfig
 from egnet.data.exposure import value_map_torch
 from egnet.models.backbone import (
     IMAGENET_MEAN,

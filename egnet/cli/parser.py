@@ -1,0 +1,249 @@
+"""The `egnet` argument parser: one subcommand per step, each bound to its handler."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from egnet.cli import handlers as h
+from egnet.cli.handlers import Handler
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+        if w <= 0 or h <= 0:
+            raise ValueError
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT, e.g. 1024x512, got {text!r}") from None
+    return w, h
+
+
+def _common() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("configuration (params.yaml < profile < --set)")
+    g.add_argument("--params", type=Path, default=None, metavar="FILE",
+                   help="params file (default: ./params.yaml)")
+    g.add_argument("--profile", default=None, metavar="NAME",
+                   help="overlay configs/NAME.yaml on params.yaml (default: its `profile` key)")
+    g.add_argument("--set", dest="overrides", action="append", default=[], metavar="SEC.KEY=VALUE",
+                   help="override one param, value parsed as YAML (repeatable), e.g. --set train.lr=0.01")
+    return p
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    pass
+
+
+def _add(sub, name: str, handler: Handler, help: str, description: str | None = None):
+    """Add a leaf command; ``handler(args, cfg)`` returns its exit code."""
+    p = sub.add_parser(name, help=help, description=description or help,
+                       parents=[_common()], formatter_class=_Formatter)
+    p.set_defaults(handler=handler)
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="egnet",
+        description="NightCity night-time semantic segmentation (EGNet): data steps, training, "
+                    "evaluation and the MLflow model registry.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Run `egnet COMMAND --help` for a command's options. Docs: README.md, docs/.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _data_commands(sub)
+    _model_commands(sub)
+    _registry_commands(sub)
+    _pipeline_commands(sub)
+    return parser
+
+
+def _data_commands(sub) -> None:
+    """`egnet data synth | import | validate | split | stats | drift`."""
+    # --- data ------------------------------------------------------------
+    data = sub.add_parser("data", help="NightCity data steps: synth, import, validate, split, stats, drift")
+    dsub = data.add_subparsers(dest="data_command", metavar="STEP", required=True)
+
+    p = _add(dsub, "synth", h.data_synth,
+             "generate synthetic night street scenes in the NightCity release layout",
+             "Procedural night scenes (road, buildings, cars with headlights, lights, persons, ...)\n"
+             "written exactly as the NightCity release is laid out, with a train/val split.\n"
+             "Deterministic for a seed. Used by the demo and the tests; the real data cannot\n"
+             "be downloaded here.")
+    p.add_argument("--out", type=Path, required=True, help="output dataset root (replaced atomically)")
+    p.add_argument("--num", type=int, default=None, help="number of scenes (default: data.synth_num)")
+    p.add_argument("--seed", type=int, default=None, help="random seed (default: data.synth_seed)")
+    p.add_argument("--size", type=_size, default=None, help="WIDTHxHEIGHT (default: data.image_size)")
+
+    p = _add(dsub, "import", h.data_import,
+             "bring a downloaded NightCity release (folders or zips) into the layout, verifying it")
+    p.add_argument("src", type=Path, help="folder holding the release folders or its .zip files")
+    p.add_argument("--out", type=Path, default=Path("data/nightcity"), help="dataset root to create")
+    p.add_argument("--dvc-add", action="store_true", help="`dvc add` the result (in a DVC repo)")
+
+    p = _add(dsub, "validate", h.data_validate,
+             "check every image/label pair (never modifies the data)",
+             "Checks: both files decode; image 8-bit RGB; label 8-bit single channel; sizes\n"
+             "(data.image_size, or 2x for NightCity+ labels); label values are Cityscapes\n"
+             "labelIds; no orphans; no duplicate content; names follow <City>_<NNNN>.\n"
+             "Exit 1 listing the first problems when anything is bad. With --quarantine the\n"
+             "bad pairs go to a list later steps skip, and the exit is 0 if at least\n"
+             "data.min_good_pairs good pairs remain.")
+    p.add_argument("data", type=Path, help="dataset root")
+    p.add_argument("--report", type=Path, default=None, help="write the JSON report here")
+    p.add_argument("--quarantine", type=Path, default=None,
+                   help="write bad stems here (later steps skip them); DATA/quarantine.txt is read by default")
+
+    p = _add(dsub, "split", h.data_split, "write train.txt / test.txt and a split report")
+    p.add_argument("data", type=Path, help="dataset root")
+    p.add_argument("--out", type=Path, required=True, help="output directory")
+    p.add_argument("--mode", choices=["official", "stratified"], default=None,
+                   help="official: release folders; stratified: pooled re-split (default: split.mode)")
+    p.add_argument("--seed", type=int, default=None, help="seed for stratified (default: split.seed)")
+    p.add_argument("--quarantine", type=Path, default=None, help="stems to skip (default: DATA/quarantine.txt)")
+
+    p = _add(dsub, "stats", h.data_stats,
+             "class-pixel and exposure statistics per split (paper Figs. 3 and 4)")
+    p.add_argument("data", type=Path, help="dataset root")
+    p.add_argument("--split", type=Path, required=True, help="directory with train.txt and test.txt")
+    p.add_argument("--out", type=Path, required=True, help="output directory (stats.json + PNG charts)")
+    p.add_argument("--quarantine", type=Path, default=None, help="stems to skip (default: DATA/quarantine.txt)")
+
+    p = _add(dsub, "drift", h.data_drift,
+             "compare incoming data with the champion's training data (exposure bins, classes)",
+             "Statistics of every pair of DATA (as `egnet data stats`) against a reference stats.json:\n"
+             "a file or its folder, runs:/RUN_ID, or models:/NAME@ALIAS (its training run's\n"
+             "data/stats.json artifact). Measures: js_exposure, wasserstein_exposure, js_class,\n"
+             "class_mean_exposure_shift, each against its drift.* threshold. Exit 1 naming the\n"
+             "measures over threshold (drift.action=fail), or a warning and exit 0 (flag).")
+    p.add_argument("data", type=Path, help="dataset root of the incoming data (all its pairs, no split)")
+    p.add_argument("--reference", required=True, metavar="STATS_JSON_OR_MODEL_URI",
+                   help="stats.json (or its folder), runs:/RUN_ID, or models:/NAME@ALIAS | models:/NAME/VERSION")
+    p.add_argument("--out", type=Path, default=None,
+                   help="output directory: drift.json, the new data's stats.json, overlay PNGs; none: print only")
+    p.add_argument("--quarantine", type=Path, default=None, help="stems to skip (default: DATA/quarantine.txt)")
+    p.add_argument("--allow-missing-reference", action="store_true",
+                   help="a models:/ reference naming no version (no champion yet): write a 'skipped' drift.json, exit 0")
+
+
+def _model_commands(sub) -> None:
+    """`egnet score | train | evaluate`."""
+    # --- scoring ---------------------------------------------------------
+    p = _add(sub, "score", h.score,
+             "score prediction PNGs from any tool with mIoU and the exposure-aware EF1/mEF1",
+             "Predictions are <stem>.png or <stem>_labelIds.png holding labelIds or trainIds\n"
+             "(detected and stated). Exposure is computed from the dataset's images.")
+    p.add_argument("pred_dir", type=Path, help="folder of prediction PNGs")
+    p.add_argument("--data", type=Path, required=True, help="dataset root")
+    p.add_argument("--split", type=Path, required=True, help="directory with test.txt")
+    p.add_argument("--out", type=Path, default=None, help="write metrics.json here")
+    p.add_argument("--ids", choices=["auto", "labelIds", "trainIds"], default="auto",
+                   help="what prediction values are (auto: detected over the set, docs/metrics.md)")
+
+    # --- training --------------------------------------------------------
+    p = _add(sub, "train", h.train,
+             "train EGNet (or a variant/baseline); one process or under torchrun",
+             "Single process:   egnet train --data DATA --split SPLIT --out OUT\n"
+             "One node, 4 GPUs: torchrun --nproc_per_node=4 -m egnet.cli train --data ...\n"
+             "Resumes from the latest checkpoint in --out unless --no-resume.")
+    p.add_argument("--data", type=Path, required=True, help="dataset root")
+    p.add_argument("--split", type=Path, required=True, help="directory with train.txt and test.txt")
+    p.add_argument("--out", required=True, help="output directory or s3://bucket/prefix")
+    p.add_argument("--no-resume", action="store_true", help="start fresh even if checkpoints exist")
+    p.add_argument("--stats", type=Path, default=None, metavar="DIR",
+                   help="`egnet data stats` output: its stats.json is logged to the run (drift reference)")
+    p.add_argument("--quarantine", type=Path, default=None, help="stems to skip (default: DATA/quarantine.txt)")
+
+    p = _add(sub, "evaluate", h.evaluate,
+             "evaluate a checkpoint or registered model on the test split (mIoU, EF1, mEF1)")
+    p.add_argument("--data", type=Path, required=True, help="dataset root")
+    p.add_argument("--split", type=Path, required=True, help="directory with test.txt")
+    p.add_argument("--model", required=True, help="checkpoint path, train dir, or models:/NAME@ALIAS")
+    p.add_argument("--out", type=Path, required=True, help="output directory (metrics.json, charts)")
+
+
+def _registry_commands(sub) -> None:
+    """`egnet register | promote | models | compare | predict | report`."""
+    # --- registry --------------------------------------------------------
+    p = _add(sub, "register", h.register,
+             "log the trained model to its MLflow run and register a version (alias: challenger)")
+    p.add_argument("--train-dir", required=True, help="egnet train --out directory")
+    p.add_argument("--eval-dir", type=Path, required=True, help="egnet evaluate --out directory")
+    p.add_argument("--name", default=None, help="registered model name (default: register.model_name)")
+    p.add_argument("--out", type=Path, default=None, metavar="FILE",
+                   help="write the registration (name, version, run_id, aliases, model_uri) as JSON here")
+
+    p = _add(sub, "promote", h.promote,
+             "champion/challenger gate: move the champion alias if the challenger is better")
+    p.add_argument("--name", default=None, help="registered model name (default: register.model_name)")
+    p.add_argument("--version", default=None, help="version to consider (default: @challenger)")
+    p.add_argument("--rollback", action="store_true", help="make previous-champion the champion again")
+    p.add_argument("--dry-run", action="store_true", help="show the decision, change nothing")
+    p.add_argument("--force", action="store_true", help="promote even if the gate refuses")
+
+    p = _add(sub, "models", h.models,
+             "list registered versions with aliases, key metrics and data version")
+    p.add_argument("--name", default=None, help="registered model name (default: register.model_name)")
+
+    p = _add(sub, "compare", h.compare,
+             "compare MLflow runs: differing params and metric deltas against the first")
+    p.add_argument("run_ids", nargs="+", metavar="RUN_ID")
+    p.add_argument("--format", choices=["table", "markdown"], default="table")
+
+    p = _add(sub, "predict", h.predict,
+             "segment images: colour mask, labelIds PNG and exposure map per image")
+    p.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
+    p.add_argument("--model", required=True, help="checkpoint path, train dir, or models:/NAME@ALIAS")
+    p.add_argument("--out", type=Path, required=True, help="output directory")
+
+    p = _add(sub, "report", h.report,
+             "self-contained HTML report of an evaluated run (optionally against another run)",
+             "Reads the evaluation `egnet evaluate` logged into the run (evaluation/metrics.json,\n"
+             "confusion.npy, per_image.json, worst/): headline metrics, EF1 per exposure bin\n"
+             "against the paper's Table 2, IoU per class, the most confused classes in the\n"
+             "darkest and brightest bins, the worst test images. One HTML file, no network assets;\n"
+             "logged into RUN_ID's run as report/report.html (report/vs_<VS>.html with --vs).")
+    p.add_argument("run_id", metavar="RUN_ID", help="MLflow run (a training run evaluated by `egnet evaluate`)")
+    p.add_argument("--vs", default=None, metavar="RUN_ID", help="second run, side by side; deltas are RUN_ID - VS")
+    p.add_argument("--out", type=Path, required=True, help="output directory (report.html, report.json)")
+    p.add_argument("--no-log", action="store_true", help="do not log the page into the MLflow run")
+
+
+def _pipeline_commands(sub) -> None:
+    """`egnet pipeline compile | run | submit | schedule` (docs/pipeline.md)."""
+    # --- pipeline (Kubeflow Pipelines; docs/pipeline.md) ------------------
+    pipe = sub.add_parser("pipeline", help="Kubeflow Pipelines: compile, run locally, submit, schedule",
+                          description="The retraining pipeline (materialise -> validate -> split -> stats -> "
+                                      "train -> evaluate -> register -> gate -> promote) on Kubeflow Pipelines.")
+    psub = pipe.add_subparsers(dest="pipeline_command", metavar="ACTION", required=True)
+    p = _add(psub, "compile", h.pipeline_compile,
+             "compile the pipeline to YAML (defaults and image from the pipeline section of params.yaml)")
+    p.add_argument("--out", type=Path, default=None, help="YAML file (default: pipelines/nightcity_training.yaml)")
+    p = _add(psub, "run", h.pipeline_run,
+             "run the pipeline on this machine with kfp.local, then print a summary",
+             "Runs the same pipeline function as the cluster, each step a subprocess of this venv.\n"
+             "Data: --data, else data/nightcity, else synthetic scenes made under --workdir.\n"
+             "Profile: quick unless --profile; MLflow: MLFLOW_TRACKING_URI, else tracking.uri\n"
+             "(sqlite:///mlflow.db). A second run registers a second version and gates it.")
+    p.add_argument("--local", action="store_true", help="run here with kfp.local (the only mode of `run`)")
+    p.add_argument("--data", type=Path, default=None, help="dataset root (default: data/nightcity or synthetic)")
+    p.add_argument("--workdir", type=Path, default=Path("local_outputs"), help="synthetic data and step outputs")
+    p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                   help="set a pipeline parameter (repeatable), e.g. --param data_repo=URL --param data_rev=v1")
+    for name, handler, what in (("submit", h.pipeline_submit, "upload the pipeline (a new version) and start a run"),
+                                ("schedule", h.pipeline_schedule, "upload the pipeline and create a recurring run")):
+        p = _add(psub, name, handler, what,
+                 f"{what.capitalize()} on a Kubeflow Pipelines server. The pipeline is compiled\n"
+                 "from params.yaml now (or --package); steps run pipeline.image, overridable per run\n"
+                 "with --param image=REGISTRY/egnet:TAG. A bearer token is read from $KFP_TOKEN.")
+        p.add_argument("--host", required=True, help="KFP API endpoint, e.g. http://localhost:8080")
+        p.add_argument("--experiment", default=None, help="KFP experiment (default: tracking.experiment)")
+        p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                       help="set a pipeline parameter of the run (repeatable), e.g. --param nodes=2")
+        p.add_argument("--namespace", default=None, help="Kubeflow profile namespace (multi-user installs)")
+        p.add_argument("--package", type=Path, default=None, help="upload this compiled YAML instead of compiling")
+        p.add_argument("--run-name", default=None, help="name of the run / recurring run")
+        if name == "schedule":
+            p.add_argument("--cron", required=True,
+                           help='KFP cron, 6 fields with seconds first: "0 0 3 * * 0" = Sundays 03:00')

@@ -1,0 +1,341 @@
+"""params.yaml -> typed, frozen config.
+
+Precedence: params.yaml < ``configs/<profile>.yaml`` < ``--set section.key=value``.
+The profile is itself a key of params.yaml (so DVC tracks it); ``--profile NAME``
+overrides it. Unknown keys, missing keys, wrong types and out-of-range values are
+errors that name the key, raised before any step does work.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import warnings
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from egnet.core.errors import ConfigError
+
+PosInt = Annotated[int, Field(gt=0)]
+NonNegInt = Annotated[int, Field(ge=0)]
+PosFloat = Annotated[float, Field(gt=0)]
+NonNegFloat = Annotated[float, Field(ge=0)]
+Fraction = Annotated[float, Field(gt=0, lt=1)]
+Size2 = tuple[PosInt, PosInt]
+
+VARIANTS = (
+    "egnet", "no_egl", "no_exposure_stream", "concat", "sum",
+    "extra_input", "attention_map", "fcn_resnet101", "deeplabv3_resnet101",
+)
+
+
+class _Section(BaseModel):
+    # strict: "1" is not an int, 1 is not a bool; ints are accepted where floats are.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class DataConfig(_Section):
+    image_size: Size2            # (width, height)
+    min_good_pairs: PosInt
+    workers: NonNegInt
+    synth_num: PosInt
+    synth_seed: NonNegInt
+    synth_val_fraction: Fraction
+
+
+class SplitConfig(_Section):
+    mode: Literal["official", "stratified"]
+    seed: NonNegInt
+    test_fraction: Fraction
+    max_js_distance: PosFloat
+
+
+class StatsConfig(_Section):
+    workers: NonNegInt
+
+
+class DriftConfig(_Section):
+    """Data drift gate of `egnet data drift` (docs/drift_and_report.md): a measure passes at or
+    below its threshold."""
+
+    js_exposure: PosFloat                  # JS distance (base 2, in [0, 1]) of exposure-bin histograms
+    wasserstein_exposure: PosFloat         # earth mover's distance of the same histograms, in HSV V
+    js_class: PosFloat                     # JS distance of labelled-pixel class distributions
+    class_mean_exposure_shift: PosFloat    # largest |mean V of a class| change, in HSV V
+    min_class_fraction: Annotated[float, Field(ge=0, lt=1)]
+    reference_split: Annotated[str, Field(min_length=1)]
+    action: Literal["fail", "flag"]
+    workers: NonNegInt
+
+
+class ModelConfig(_Section):
+    variant: Literal[VARIANTS]  # type: ignore[valid-type]
+    backbone: Literal["resnet18", "resnet34", "resnet50", "resnet101"]
+    output_stride: Literal[8, 16, 32]
+    backbone_weights: Annotated[str, Field(min_length=1)]
+    num_classes: PosInt
+    egl_positions: tuple[Literal[2, 3, 4], ...]
+    egl_w1: float
+    egl_w2: float
+
+
+class TrainConfig(_Section):
+    iterations: PosInt
+    batch_size: PosInt
+    lr: PosFloat
+    momentum: Annotated[float, Field(ge=0, lt=1)]
+    weight_decay: NonNegFloat
+    poly_power: PosFloat
+    crop_size: PosInt
+    scale_min: PosFloat
+    scale_max: PosFloat
+    hflip: bool
+    alpha: NonNegFloat
+    beta: NonNegFloat
+    eval_size: Size2
+    checkpoint_every: PosInt
+    log_every: PosInt
+    val_every: PosInt
+    val_max_images: PosInt
+    seed: NonNegInt
+    workers: NonNegInt
+    pin_memory: bool
+    persistent_workers: bool
+    amp: bool
+    channels_last: bool
+    compile: bool
+    deterministic: bool
+
+    @model_validator(mode="after")
+    def _scale_range(self) -> TrainConfig:
+        if self.scale_min > self.scale_max:
+            raise ValueError(f"scale_min ({self.scale_min}) > scale_max ({self.scale_max})")
+        return self
+
+
+class EvaluateConfig(_Section):
+    ef1_average: Literal["weighted", "macro", "micro"]
+    infer_size: Size2
+    extra_modes: tuple[Literal["native", "flip", "multiscale"], ...]
+    multiscale_scales: tuple[PosFloat, ...]
+    num_qualitative: NonNegInt
+
+
+class RegisterConfig(_Section):
+    model_name: Annotated[str, Field(min_length=1)]
+    min_delta_miou: float
+    max_mef1_drop: NonNegFloat
+    serialization_format: Literal["pt2", "pickle"]
+    lock_uri: Annotated[str, Field(pattern=r"^(|file://.+|s3://[^/]+/.+|[^:]+)$")]
+    lock_ttl_s: PosFloat
+    lock_timeout_s: PosFloat
+
+
+class TrackingConfig(_Section):
+    uri: Annotated[str, Field(min_length=1)]
+    experiment: Annotated[str, Field(min_length=1)]
+
+
+K8sName = Annotated[str, Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=63)]
+Quantity = Annotated[str, Field(pattern=r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|Ki|Mi|Gi|Ti)?$")]
+
+
+# Kubernetes/OCI syntax, so a typo fails at `egnet pipeline compile`, not when the cluster refuses a pod
+ImageRef = Annotated[str, Field(pattern=r"^[a-z0-9]+([._-][a-z0-9]+)*(:[0-9]+)?(/[a-z0-9]+([._-][a-z0-9]+)*)*"
+                                        r"(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(@sha256:[a-f0-9]{64})?$")]
+ResourceName = Annotated[str, Field(pattern=r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")]
+LabelKey = Annotated[str, Field(pattern=r"^(([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")]
+LabelValue = Annotated[str, Field(pattern=r"^(([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9])?$")]
+OptionalK8sName = Annotated[str, Field(pattern=r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?)?$", max_length=63)]
+
+
+class PipelineConfig(_Section):
+    """Kubeflow Pipelines defaults, read at compile time (docs/pipeline.md)."""
+
+    name: Annotated[str, Field(min_length=1)]
+    image: ImageRef
+    nodes: PosInt
+    gpus_per_node: NonNegInt
+    accelerator: ResourceName
+    gpu_node_selector_key: LabelKey
+    gpu_node_selector_value: LabelValue
+    gpu_toleration_key: LabelKey
+    gpu_toleration_value: LabelValue
+    gpu_toleration_effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"]
+    shm_size: Quantity
+    cpu_request: Quantity
+    cpu_limit: Quantity
+    memory_request: Quantity
+    memory_limit: Quantity
+    data_pvc: K8sName
+    data_mount: Annotated[str, Field(pattern=r"^/")]
+    data_path: str
+    data_repo: str
+    data_repo_path: Annotated[str, Field(min_length=1)]
+    data_rev: str
+    data_cache: str
+    train_out: str
+    train_retries: NonNegInt
+    s3_secret: K8sName
+    mlflow_secret: OptionalK8sName
+    endpoints_configmap: K8sName
+    service_account: K8sName
+    job_kind: Literal["trainjob", "pytorchjob"]
+    trainjob_runtime: K8sName
+    cleanup: Literal["never", "on_success", "always"]
+    wait_timeout_s: PosInt
+    poll_s: PosInt
+    active_deadline_s: PosInt
+
+
+with warnings.catch_warnings():
+    # `register` is a section name users type; it only shadows ABCMeta.register, which we never call
+    warnings.filterwarnings("ignore", message='Field name "register"')
+
+    class Config(_Section):
+        profile: Annotated[str, Field(min_length=1)]
+        data: DataConfig
+        split: SplitConfig
+        stats: StatsConfig
+        drift: DriftConfig
+        model: ModelConfig
+        train: TrainConfig
+        evaluate: EvaluateConfig
+        register: RegisterConfig
+        tracking: TrackingConfig
+        pipeline: PipelineConfig
+
+        def to_dict(self) -> dict[str, Any]:
+            """Plain JSON-able dict (tuples as lists), e.g. for checkpoints and MLflow params."""
+            return json.loads(self.model_dump_json())
+
+        def flat(self) -> dict[str, Any]:
+            """``{"train.lr": 1e-5, ...}`` for logging as MLflow params."""
+            out: dict[str, Any] = {}
+            for section, values in self.to_dict().items():
+                if isinstance(values, dict):
+                    out.update({f"{section}.{k}": v for k, v in values.items()})
+                else:
+                    out[section] = values
+            return out
+
+        def params_hash(self) -> str:
+            """Short content hash of the resolved config (the `params_hash` tag)."""
+            blob = json.dumps(self.to_dict(), sort_keys=True).encode()
+            return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def default_params_path() -> Path:
+    """``params.yaml`` in the working directory, else the one beside the package (editable installs)."""
+    here = Path("params.yaml")
+    if here.exists():
+        return here
+    beside = Path(__file__).resolve().parents[1] / "params.yaml"
+    return beside if beside.exists() else here
+
+
+def _read_yaml(path: Path, what: str) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{what} not found: {path}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
+    return data
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any], source: str, prefix: str = "") -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        name = f"{prefix}{key}"
+        if key not in out:
+            raise ConfigError(f"{source}: unknown key '{name}'")
+        if isinstance(out[key], dict):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{source}: '{name}' must be a mapping, got {value!r}")
+            out[key] = _merge(out[key], value, source, f"{name}.")
+        else:
+            out[key] = value
+    return out
+
+
+def parse_set(items: list[str] | None) -> dict[str, Any]:
+    """``["train.lr=0.01", "model.egl_positions=[2,3]"]`` -> nested dict; values parsed as YAML."""
+    nested: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected section.key=value")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        parts = key.strip().split(".")
+        node = nested
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {item!r}: '{part}' is set twice")
+        node[parts[-1]] = value
+    return nested
+
+
+def _format_error(exc: ValidationError, source: str) -> str:
+    err = exc.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-after"))
+    kind = err["type"]
+    if kind == "missing":
+        return f"{source}: missing key '{loc}'"
+    if kind == "extra_forbidden":
+        return f"{source}: unknown key '{loc}'"
+    more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
+    if isinstance(err.get("input"), dict) and kind == "value_error":  # a section's own check names its keys
+        return f"{source}: '{loc}': {err['msg'].removeprefix('Value error, ')}{more}"
+    return f"{source}: '{loc}' = {err.get('input')!r}: {err['msg']}{more}"
+
+
+def load_config(
+    params: str | Path | None = None,
+    profile: str | None = None,
+    overrides: list[str] | None = None,
+) -> Config:
+    """Resolve params.yaml + profile overlay + ``--set`` overrides into a validated Config."""
+    path = Path(params) if params else default_params_path()
+    raw = _read_yaml(path, "params file")
+    sets = parse_set(overrides)
+    chosen = profile or sets.get("profile") or raw.get("profile") or "paper"
+    if not isinstance(chosen, str):
+        raise ConfigError(f"{path}: 'profile' = {chosen!r}: expected a profile name")
+    raw["profile"] = chosen
+    overlay_path = path.parent / "configs" / f"{chosen}.yaml"
+    if not overlay_path.exists():
+        raise ConfigError(f"profile '{chosen}': overlay {overlay_path} not found")
+    merged = _merge(raw, _read_yaml(overlay_path, "profile overlay"), str(overlay_path))
+    sets.pop("profile", None)
+    merged = _merge(merged, sets, "--set")
+    source = f"{path} (profile {chosen})" if chosen != "paper" else str(path)
+    try:
+        # JSON mode: YAML lists validate as tuples, and strict types still apply.
+        cfg = Config.model_validate_json(json.dumps(merged, default=str))
+    except ValidationError as exc:
+        raise ConfigError(_format_error(exc, source)) from None
+    return cfg
+
+
+def config_from_dict(data: dict[str, Any], source: str = "checkpoint") -> Config:
+    """Rebuild a Config saved with ``Config.to_dict()`` (e.g. inside a checkpoint)."""
+    try:
+        cfg = Config.model_validate_json(json.dumps(data, default=str))
+    except ValidationError as exc:
+        raise ConfigError(_format_error(exc, source)) from None
+    return cfg

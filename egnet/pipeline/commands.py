@@ -1,0 +1,201 @@
+"""`egnet pipeline compile | run --local | submit | schedule` (docs/pipeline.md).
+
+- ``compile``: the pipeline for the resolved params -> ``pipelines/nightcity_training.yaml``.
+- ``run --local``: the very pipeline function under ``kfp.local`` (SubprocessRunner, this
+  venv) on ``--data``, ``data/nightcity`` or fresh synthetic data, with the ``quick`` profile
+  and MLflow in ``sqlite:///mlflow.db`` unless told otherwise; ends with a summary.
+- ``submit`` / ``schedule``: compile, upload (a new version of the pipeline), then one run /
+  a recurring run on a KFP server (egnet/pipeline/client.py).
+
+``--set section.key=value`` applies at compile time (``pipeline.*`` shapes the compiled
+pipeline) and, for the other sections, becomes the run's ``overrides`` parameter, so the
+steps see it too. ``--param NAME=VALUE`` sets a pipeline parameter of the run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+from egnet.core.config import Config, load_config
+from egnet.core.errors import ConfigError, DataError
+from egnet.core.files import read_json
+from egnet.pipeline.definition import pipeline_module
+
+LOCAL_PROFILE = "quick"
+
+
+def step_overrides(overrides: list[str]) -> list[str]:
+    """The ``--set`` items the steps must see too: everything but ``pipeline.*`` and ``profile``."""
+    return [o for o in overrides if not o.split("=", 1)[0].strip().startswith(("pipeline.", "profile"))]
+
+
+def _params_file(args: argparse.Namespace) -> str:
+    return str(Path(args.params).resolve()) if args.params else ""
+
+
+# --------------------------------------------------------------------------- compile
+
+
+def compile_main(args: argparse.Namespace, cfg: Config) -> int:
+    module = pipeline_module()
+    out = Path(args.out) if args.out else module.COMPILED
+    module.compile_pipeline(cfg, out)
+    print(f"compiled {cfg.pipeline.name} -> {out} (image {cfg.pipeline.image}, profile {cfg.profile})")
+    return 0
+
+
+# --------------------------------------------------------------------------- run --local
+
+
+def _local_data(args: argparse.Namespace, cfg: Config, work: Path) -> Path:
+    """--data, else data/nightcity, else synthetic scenes made once under ``work``."""
+    if args.data:
+        if not Path(args.data).is_dir():
+            raise ConfigError(f"--data {args.data}: not a directory")
+        return Path(args.data).resolve()
+    if Path("data/nightcity").is_dir():
+        return Path("data/nightcity").resolve()
+    data = work / "nightcity"
+    if not data.exists():
+        from egnet.data.synth import synthesize
+
+        d = cfg.data
+        w, h = d.image_size
+        print(f"==> synthetic NightCity-format data ({d.synth_num} scenes, {w}x{h}) -> {data}", flush=True)
+        s = synthesize(data, d.synth_num, d.synth_seed, (w, h), d.synth_val_fraction, d.workers)
+        print(f"synth: {s['num']} scenes (train {s['train']}, val {s['val']}) in {s['seconds']:.1f} s", flush=True)
+    return data.resolve()
+
+
+def local_summary(outputs: dict[str, Any], cfg: Config, data: Path, uri: str, wall_s: float) -> str:
+    """Metrics, MLflow run, registered version and aliases, gate decision, and how to look."""
+    from egnet.registry.versions import aliases_of
+    from egnet.tracking.client import client_for
+
+    evaluation = outputs["evaluation"]
+    metrics = read_json(Path(evaluation.path) / "metrics.json", "evaluation metrics")
+    reg = read_json(outputs["registration"].path, "registration")
+    aliases = aliases_of(client_for(cfg), reg["name"])
+    mine = sorted(a for a, v in aliases.items() if str(v) == str(reg["version"]))
+    others = ", ".join(f"{a} v{v}" for a, v in sorted(aliases.items()) if str(v) != str(reg["version"]))
+    decision = outputs["decision"]
+    ef1 = " ".join("  -  " if v is None else f"{v:.3f}" for v in metrics["EF1"])
+    lines = [
+        "", "=== summary ===",
+        f"data            {data}",
+        f"test mIoU       {metrics['mIoU']:.4f}",
+        f"test mEF1       {metrics['mEF1']:.4f}",
+        f"EF1 per bin     {ef1}",
+        f"MLflow run      {reg['run_id']}",
+        f"model version   {reg['name']} v{reg['version']} ({', '.join(mine) or 'no alias'})"
+        + (f"; {others}" if others else ""),
+        f"gate            {'passed: promoted to champion' if decision == 'promote' else 'refused: champion kept'}",
+        f"pipeline        {wall_s / 60:.1f} min, outputs under {Path(evaluation.path).parents[1]}",
+        f"look            mlflow ui --backend-store-uri {uri}",
+    ]
+    return "\n".join(lines)
+
+
+def run_local(args: argparse.Namespace) -> int:
+    if not args.local:
+        raise ConfigError("egnet pipeline run: only --local runs here; use `egnet pipeline submit --host URL` "
+                          "for a Kubeflow Pipelines server")
+    from kfp import local
+
+    from egnet.pipeline.client import parameter_types, parse_params
+
+    profile = args.profile or LOCAL_PROFILE
+    cfg = load_config(args.params, profile, args.overrides)
+    work = Path(args.workdir).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    data = _local_data(args, cfg, work)
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or cfg.tracking.uri
+
+    module = pipeline_module()
+    pipeline = module.build_pipeline(cfg)
+    arguments: dict[str, Any] = {
+        "data_repo": "", "data_path": str(data), "data_cache": str(work / "data-versions"),
+        "profile": profile, "overrides": step_overrides(args.overrides), "params_file": _params_file(args),
+        "mlflow_uri": uri, "nodes": 1, "gpus_per_node": 1, "train_out": "",
+    }
+    if args.param:
+        with tempfile.TemporaryDirectory() as tmp:
+            types = parameter_types(module.compile_pipeline(cfg, Path(tmp) / "p.yaml"))
+        arguments.update(parse_params(args.param, types))
+    if arguments["nodes"] != 1:
+        raise ConfigError("egnet pipeline run --local: nodes must be 1 (multi-node needs a cluster)")
+
+    # the components name the cluster image; here they run in this venv, which has egnet
+    warnings.filterwarnings("ignore", message="You may be attemping to run a task that uses custom",
+                            category=RuntimeWarning)
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(work / "kfp"),
+               raise_on_error=True)
+    print(f"==> pipeline {cfg.pipeline.name} with kfp.local (profile {profile}, MLflow {uri})", flush=True)
+    t0 = time.perf_counter()
+    try:
+        task = pipeline(**arguments)
+    except RuntimeError as exc:  # kfp.local: "Pipeline ... finished with status FAILURE. Inner task failed: ..."
+        what = re.sub(r"\x1b\[[0-9;]*m", "", str(exc).splitlines()[0])   # kfp colours task names
+        raise DataError(f"local pipeline run failed (the step's log is above): {what}") from None
+    print(local_summary(task.outputs, cfg, data, uri, time.perf_counter() - t0))
+    return 0
+
+
+def run_main(args: argparse.Namespace, cfg: Config) -> int:
+    return run_local(args)
+
+
+# --------------------------------------------------------------------------- submit / schedule
+
+
+def _remote(args: argparse.Namespace, cfg: Config) -> tuple[Any, Path, dict[str, Any], tempfile.TemporaryDirectory]:
+    """Client, compiled package (a temp copy unless --package), and the typed run parameters."""
+    from egnet.pipeline.client import kfp_client, parameter_types, parse_params
+
+    tmp = tempfile.TemporaryDirectory()
+    if args.package:
+        package = Path(args.package)
+        if not package.is_file():
+            raise ConfigError(f"--package {package}: not found")
+    else:
+        package = pipeline_module().compile_pipeline(cfg, Path(tmp.name) / "nightcity_training.yaml")
+    types = parameter_types(package)
+    params: dict[str, Any] = {}
+    if step_overrides(args.overrides):
+        params["overrides"] = step_overrides(args.overrides)
+    params.update(parse_params(args.param, types))
+    client = kfp_client(args.host, args.namespace)
+    return client, package, params, tmp
+
+
+def submit_main(args: argparse.Namespace, cfg: Config) -> int:
+    from egnet.pipeline.client import submit
+
+    client, package, params, tmp = _remote(args, cfg)
+    with tmp:
+        res = submit(client, package, name=cfg.pipeline.name, experiment=args.experiment or cfg.tracking.experiment,
+                     params=params, run_name=args.run_name, namespace=args.namespace)
+    what = "new pipeline" if res["new_pipeline"] else "new version"
+    print(f"uploaded {cfg.pipeline.name} ({what} {res['version_name']}); run {res['run_id']} started in "
+          f"experiment {args.experiment or cfg.tracking.experiment}: {args.host.rstrip('/')}/#/runs/details/{res['run_id']}")
+    return 0
+
+
+def schedule_main(args: argparse.Namespace, cfg: Config) -> int:
+    from egnet.pipeline.client import check_cron, schedule
+
+    check_cron(args.cron)  # before any network call
+    client, package, params, tmp = _remote(args, cfg)
+    with tmp:
+        res = schedule(client, package, name=cfg.pipeline.name, experiment=args.experiment or cfg.tracking.experiment,
+                       cron=args.cron, params=params, job_name=args.run_name, namespace=args.namespace)
+    print(f"scheduled {cfg.pipeline.name} ({res['version_name']}) with cron \"{res['cron']}\" "
+          f"(max 1 at a time, no catch-up): recurring run {res['recurring_run_id']}")
+    return 0

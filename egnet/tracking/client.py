@@ -1,0 +1,38 @@
+"""Shared MLflow client helpers: a checked client, and MLflow failures as one-line errors."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+from egnet.core.config import Config
+from egnet.core.errors import DataError
+from egnet.tracking.runs import connect_mlflow
+
+
+def client_for(cfg: Config) -> Any:
+    """An MlflowClient on the checked tracking URI (also the registry URI)."""
+    import mlflow
+
+    uri = connect_mlflow(cfg)
+    mlflow.set_registry_uri(uri)
+    return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def mlflow_error(what: str, exc: Exception) -> DataError:
+    """``what: <first line of the error>`` as a DataError (exit 1)."""
+    return DataError(f"{what}: {str(exc).splitlines()[0][:200]}")
+
+
+@contextlib.contextmanager
+def mlflow_errors(what: str) -> Iterator[None]:
+    """Turn an MLflow or transport failure into one line (DataError, exit 1), not a traceback."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        yield
+    except MlflowException as exc:
+        raise mlflow_error(f"{what}: MLflow", exc) from None
+    except OSError as exc:  # requests' connection errors are OSErrors too
+        raise mlflow_error(f"{what}: {type(exc).__name__}", exc) from None

@@ -1,0 +1,1 @@
+"""Training: the loop (``train``), DDP set-up (``distributed``), checkpoints, the loss."""
