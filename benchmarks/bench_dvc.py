@@ -155,9 +155,9 @@ def noop_timings(repo: Path, env: dict[str, str], rounds: int) -> dict[str, obje
         wall, cpu, _ = _run_cpu([str(BIN / "dvc"), "version"], repo, env)
         floor_walls.append(wall)
         floor_cpus.append(cpu)
-    return {"noop_repro_s": statistics.median(walls), "noop_all": walls, "noop_cpu_s": statistics.median(cpus),
-            "dvc_startup_s": statistics.median(floor_walls), "dvc_startup_cpu_s": statistics.median(floor_cpus),
-            "load_avg": os.getloadavg()[0]}
+    return {"noop_repro_s": statistics.median(walls), "noop_all": walls,
+            "noop_cpu_s": statistics.median(cpus), "dvc_startup_s": statistics.median(floor_walls),
+            "dvc_startup_cpu_s": statistics.median(floor_cpus), "load_avg": os.getloadavg()[0]}
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -182,10 +182,12 @@ def main() -> None:
               f"{'add/md5':>8} | {'no-op repro: wall s':>19} {'CPU s':>6} | {'dvc version: wall s':>19} "
               f"{'CPU s':>6} | {'load':>5}")
     results = []
-    for num, size in [(args.num, args.size)] + ([(args.scale_num, args.scale_size)] if args.scale_num else []):
+    for num, size in [(args.num, args.size)] + (
+            [(args.scale_num, args.scale_size)] if args.scale_num else []):
         existing = workdir / f"repo-{num}-{size[0]}x{size[1]}"
         if args.noop_only:
-            r = {"scenes": num, "files": sum(1 for p in (existing / "data/nightcity").rglob("*") if p.is_file()),
+            r = {"scenes": num,
+                 "files": sum(1 for p in (existing / "data/nightcity").rglob("*") if p.is_file()),
                  "MB": float("nan"), "md5_MBps": float("nan"), "dvc_add_s": float("nan"),
                  "dvc_add_MBps": float("nan"),
                  **noop_timings(existing, _env(workdir / f"state-{num}"), args.rounds)}
@@ -193,8 +195,9 @@ def main() -> None:
             r = bench(num, size, args.rounds, workdir)
         results.append(r)
         print(header)  # printed as soon as measured: the second set takes a while
-        print(f"{r['scenes']:>7} {r['files']:>6} {r['MB']:>8.1f} {r['md5_MBps']:>9.0f} {r['dvc_add_s']:>10.2f} "
-              f"{r['dvc_add_MBps']:>9.0f} {r['dvc_add_MBps'] / r['md5_MBps']:>8.2f} | {r['noop_repro_s']:>19.2f} "
+        print(f"{r['scenes']:>7} {r['files']:>6} {r['MB']:>8.1f} {r['md5_MBps']:>9.0f} "
+              f"{r['dvc_add_s']:>10.2f} {r['dvc_add_MBps']:>9.0f} "
+              f"{r['dvc_add_MBps'] / r['md5_MBps']:>8.2f} | {r['noop_repro_s']:>19.2f} "
               f"{r['noop_cpu_s']:>6.2f} | {r['dvc_startup_s']:>19.2f} {r['dvc_startup_cpu_s']:>6.2f} | "
               f"{r['load_avg']:>5.1f}", flush=True)
     if args.workdir is None:

@@ -55,7 +55,8 @@ def scene(rng: np.random.Generator, w: int, h: int) -> tuple[np.ndarray, np.ndar
     gt[h // 5: h // 2 + h // 10, 2 * w // 3:] = 11
     for _ in range(40):                                     # objects
         x, y = rng.integers(0, w), rng.integers(h // 4, h)
-        cv2.rectangle(gt, (int(x), int(y)), (int(x + rng.integers(8, w // 8)), int(y + rng.integers(8, h // 6))),
+        cv2.rectangle(gt, (int(x), int(y)),
+                      (int(x + rng.integers(8, w // 8)), int(y + rng.integers(8, h // 6))),
                       int(rng.choice(CLASS_IDS)), -1)
     gt[h - h // 12:] = 1                                    # ego vehicle (void)
     pred = np.roll(gt, int(rng.integers(1, 6)), axis=1)     # boundary errors
@@ -227,7 +228,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"engine ({what}) vs cityscapes' counting, both without decode: {eng / ours:.1f}x")
     print("warm cache (one image, fastest of 20 in a row): "
           + ", ".join(f"{k} {1000 * v:.2f} ms" for k, v in warm.items())
-          + f"; engine vs cityscapes' counting {warm['cityscapesscripts counting'] / warm['engine uint8']:.1f}x"
+          + "; engine vs cityscapes' counting "
+          f"{warm['cityscapesscripts counting'] / warm['engine uint8']:.1f}x"
           f" (uint8), {warm['cityscapesscripts counting'] / warm['engine int64']:.1f}x (int64)")
     print(f"\nwhole runs (wall clock, one pass): cityscapes evaluateImgLists {n / whole_cs:.1f} images/s, "
           f"egnet score ({a.workers} threads) {n / whole_ours:.1f} images/s")

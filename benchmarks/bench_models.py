@@ -1,6 +1,6 @@
 """Training-step time of every variant beside torchvision FCN-ResNet101, as ratios next to FLOP ratios.
 
-    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/bench_models.py                 # ResNet-101, stride 8, 2x3x128x128
+    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/bench_models.py          # ResNet-101, stride 8, 2x3x128x128
     .venv/bin/python benchmarks/bench_models.py --backbone resnet18 --output-stride 16 --size 256
 
 One step = forward + SegExposureLoss + backward on a random batch (train mode). All models

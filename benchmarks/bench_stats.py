@@ -89,7 +89,8 @@ def main() -> None:
     ap.add_argument("--size", default="1024x512")
     ap.add_argument("--workers", type=int, default=0, help="processes for both sides (0 = all cores)")
     ap.add_argument("--rounds", type=int, default=4)
-    ap.add_argument("--limit", type=int, default=0, help="time only every k-th pair, about this many (quick check)")
+    ap.add_argument("--limit", type=int, default=0,
+                    help="time only every k-th pair, about this many (quick check)")
     args = ap.parse_args()
     size = tuple(int(v) for v in args.size.split("x"))
     ensure_data(args.data, args.num, size)
@@ -125,7 +126,8 @@ def main() -> None:
           f"best of {args.rounds} rounds (all rounds summed: wall ratio {total_a / total_b:.3f})")
     print(f"(a) cv2.imread image+label : {best_a:7.1f} pairs/s   {cpu_a:7.1f} pairs per CPU-s")
     print(f"(b) compute_stats          : {best_b:7.1f} pairs/s   {cpu_b:7.1f} pairs per CPU-s")
-    print(f"ratio (b)/(a)              : {best_b / best_a:7.3f} wall     {cpu_b / cpu_a:7.3f} CPU   (target >= 0.90)")
+    print(f"ratio (b)/(a)              : {best_b / best_a:7.3f} wall     {cpu_b / cpu_a:7.3f} CPU   "
+          "(target >= 0.90)")
 
 
 if __name__ == "__main__":

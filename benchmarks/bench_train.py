@@ -71,8 +71,8 @@ def loader_images_per_s(cfg: Config, data: Path, split: Path, batches: int) -> f
 def step_rounds(cfgs: dict[str, Config], data: Path, split: Path, rounds: int) -> dict[str, list[float]]:
     """Seconds per optimizer step for each config, interleaved over ``rounds`` on the same batches."""
     from egnet.models import build_model
-    from egnet.training.losses import SegExposureLoss
     from egnet.training.loop import make_loaders, sgd_step
+    from egnet.training.losses import SegExposureLoss
 
     flags = {"amp": False, "channels_last": False, "compile": False}
     any_cfg = next(iter(cfgs.values()))
@@ -127,7 +127,8 @@ def cpu(args: argparse.Namespace) -> int:
         for workers in (0, 2):
             wcfg = _cfg("quick", "data.image_size=[512,256]", f"train.workers={workers}")
             ips = loader_images_per_s(wcfg, data, split, batches=args.loader_batches)
-            print(f"  loader, {workers} worker(s): {ips:8.1f} images/s = {ips / step_ips:6.1f}x the step's need")
+            print(f"  loader, {workers} worker(s): {ips:8.1f} images/s = "
+                  f"{ips / step_ips:6.1f}x the step's need")
     return 0
 
 
@@ -156,7 +157,8 @@ def report(args: argparse.Namespace) -> int:
     from egnet.training.checkpoint import read_checkpoint
 
     model_file = Path(args.summary).with_name("model.pt")
-    cfg = config_from_dict(read_checkpoint(model_file)["config"]) if model_file.exists() else _cfg(args.profile)
+    cfg = (config_from_dict(read_checkpoint(model_file)["config"]) if model_file.exists()
+           else _cfg(args.profile))
     windows = [h["images_per_s"] for h in summary["history"]][args.skip_windows:]
     if not windows:
         print("no steady-state windows in the summary (too few iterations?)", file=sys.stderr)

@@ -62,7 +62,8 @@ def table(rows: dict[str, dict[str, float]], backbone: str, output_stride: int, 
     ref = rows[REFERENCE]
     head = ["variant", "params"] + [f"GFLOPs {w}x{h}" for w, h in sizes] + [f"FLOPs / {REFERENCE}"]
     lines = [
-        f"**EGNet family: {backbone}, output stride {output_stride}**; baselines always ResNet-101, stride 8. "
+        f"**EGNet family: {backbone}, output stride {output_stride}**; "
+        "baselines always ResNet-101, stride 8. "
         "19 classes, batch 1, inference forward; 1 multiply-add = 2 FLOPs.",
         "",
         "| " + " | ".join(head) + " |",
@@ -93,7 +94,8 @@ def write_section(doc: Path, body: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--configs", default="resnet101:8,resnet18:16", help="backbone:output_stride,...")
-    parser.add_argument("--doc", type=Path, default=Path(__file__).resolve().parents[1] / "docs" / "models.md")
+    parser.add_argument("--doc", type=Path,
+                        default=Path(__file__).resolve().parents[1] / "docs" / "models.md")
     parser.add_argument("--no-write", action="store_true", help="print the table only")
     args = parser.parse_args(argv)
     tables = []

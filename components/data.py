@@ -27,7 +27,8 @@ def validate(data: Input[Dataset], params_file: str, profile: str, overrides: li
     run_step(["data", "validate", k.data_root(data.path), "--report", out / "validate.json",
               "--quarantine", out / k.QUARANTINE], k.config_args(params_file, profile, overrides))
     doc = json.loads((out / "validate.json").read_text())
-    validated.metadata.update(k.read_pointer(out), num_pairs=doc.get("num_pairs"), num_good=doc.get("num_good"))
+    validated.metadata.update(k.read_pointer(out), num_pairs=doc.get("num_pairs"),
+                              num_good=doc.get("num_good"))
     k.write_text(report, k.validate_markdown(doc))
 
 
@@ -37,8 +38,9 @@ def split(data: Input[Dataset], params_file: str, profile: str, overrides: list,
     from egnet.pipeline import steps as k
 
     q = k.quarantine_file(data.path)
-    run_step(["data", "split", k.data_root(data.path), "--out", split.path, *(["--quarantine", q] if q else [])],
-          k.config_args(params_file, profile, overrides))
+    run_step(["data", "split", k.data_root(data.path), "--out", split.path,
+              *(["--quarantine", q] if q else [])],
+             k.config_args(params_file, profile, overrides))
 
 
 def stats(data: Input[Dataset], split: Input[Dataset], params_file: str, profile: str, overrides: list,

@@ -6,8 +6,8 @@ Plain functions: ``components.build(image)`` turns them into lightweight KFP com
 from kfp.dsl import Artifact, Input, Model, Output
 
 
-def register(model: Input[Model], evaluation: Input[Artifact], params_file: str, profile: str, overrides: list,
-             mlflow_uri: str, registration: Output[Artifact]) -> str:
+def register(model: Input[Model], evaluation: Input[Artifact], params_file: str, profile: str,
+             overrides: list, mlflow_uri: str, registration: Output[Artifact]) -> str:
     """`egnet register`: a new model version with the alias challenger; returns the version."""
     import json
     from pathlib import Path
@@ -16,8 +16,9 @@ def register(model: Input[Model], evaluation: Input[Artifact], params_file: str,
     from egnet.pipeline import steps as k
 
     k.use_tracking(mlflow_uri)
-    run_step(["register", "--train-dir", model.path, "--eval-dir", evaluation.path, "--out", registration.path],
-          k.config_args(params_file, profile, overrides))
+    run_step(["register", "--train-dir", model.path, "--eval-dir", evaluation.path,
+              "--out", registration.path],
+             k.config_args(params_file, profile, overrides))
     reg = json.loads(Path(registration.path).read_text())
     registration.metadata.update(name=reg["name"], version=reg["version"], run_id=reg["run_id"],
                                  model_uri=reg["model_uri"])

@@ -246,7 +246,8 @@ def metrics_from_counts(counts: np.ndarray, num_images: int, average: str = "wei
 
 
 def to_mlflow(metrics: dict[str, Any], prefix: str = "test_") -> dict[str, float]:
-    """Flat MLflow metric names (docs/architecture.md, "MLflow conventions"): mIoU, mEF1, pixel_acc, EF1_bin0..9, IoU_<class>.
+    """Flat MLflow metric names (docs/architecture.md, "MLflow conventions"): mIoU, mEF1, pixel_acc,
+    EF1_bin0..9, IoU_<class>.
 
     Undefined values (None) are left out; spaces in class names become underscores.
     """

@@ -34,9 +34,9 @@ import components
 from egnet.core.config import Config
 
 COMPILED = Path(__file__).resolve().with_name("nightcity_training.yaml")
-DESCRIPTION = ("NightCity night-time segmentation (EGNet): DVC data -> validate -> split -> exposure stats -> "
-               "train (GPU, multi-node via Kubeflow Trainer) -> evaluate (mIoU, EF1, mEF1) -> MLflow register "
-               "-> champion/challenger gate -> promote")
+DESCRIPTION = ("NightCity night-time segmentation (EGNet): DVC data -> validate -> split -> "
+               "exposure stats -> train (GPU, multi-node via Kubeflow Trainer) -> "
+               "evaluate (mIoU, EF1, mEF1) -> MLflow register -> champion/challenger gate -> promote")
 SHM_VOLUME = "dshm"
 #: environment each step gets from the endpoints ConfigMap (docs/deploy.md), the S3 and MLflow Secrets
 ENDPOINT_KEYS = ("MLFLOW_TRACKING_URI", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "S3_BUCKET")
@@ -52,10 +52,10 @@ class Outputs(NamedTuple):
 
 #: the ``pipeline`` params the train step needs to build a TrainJob / PyTorchJob
 CLUSTER_KEYS = (
-    "accelerator", "gpu_node_selector_key", "gpu_node_selector_value", "gpu_toleration_key", "gpu_toleration_value",
-    "gpu_toleration_effect", "shm_size", "cpu_request", "cpu_limit", "memory_request", "memory_limit", "data_pvc",
-    "data_mount", "s3_secret", "mlflow_secret", "endpoints_configmap", "service_account", "trainjob_runtime",
-    "cleanup", "wait_timeout_s", "poll_s", "active_deadline_s",
+    "accelerator", "gpu_node_selector_key", "gpu_node_selector_value", "gpu_toleration_key",
+    "gpu_toleration_value", "gpu_toleration_effect", "shm_size", "cpu_request", "cpu_limit", "memory_request",
+    "memory_limit", "data_pvc", "data_mount", "s3_secret", "mlflow_secret", "endpoints_configmap",
+    "service_account", "trainjob_runtime", "cleanup", "wait_timeout_s", "poll_s", "active_deadline_s",
 )
 
 
@@ -96,7 +96,8 @@ def configure(task: dsl.PipelineTask, cfg: Config, image: Any, *, pvc: bool = Fa
             kubernetes.add_toleration(task, key=p.gpu_toleration_key,
                                       operator="Equal" if p.gpu_toleration_value else "Exists",
                                       value=p.gpu_toleration_value or None, effect=p.gpu_toleration_effect)
-        kubernetes.empty_dir_mount(task, SHM_VOLUME, mount_path="/dev/shm", medium="Memory", size_limit=p.shm_size)
+        kubernetes.empty_dir_mount(task, SHM_VOLUME, mount_path="/dev/shm", medium="Memory",
+                                   size_limit=p.shm_size)
     return task
 
 
@@ -146,8 +147,9 @@ def build_pipeline(cfg: Config) -> Callable[..., Any]:
         res = configure(c.train_resources(nodes=nodes, gpus_per_node=gpus_per_node, cpu_request=p.cpu_request,
                                           cpu_limit=p.cpu_limit, memory_request=p.memory_request,
                                           memory_limit=p.memory_limit), cfg, image)
-        trn = configure(c.train(data=data, split=split, stats=sts.outputs["stats"], **mlf, experiment=experiment, nodes=nodes,
-                                gpus_per_node=gpus_per_node, image=image, train_out=train_out, job_kind=job_kind,
+        trn = configure(c.train(data=data, split=split, stats=sts.outputs["stats"], **mlf,
+                                experiment=experiment, nodes=nodes, gpus_per_node=gpus_per_node, image=image,
+                                train_out=train_out, job_kind=job_kind,
                                 run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, cluster=cluster),
                         cfg, image, pvc=True, gpus=res.outputs["gpus"], s3=True, mlflow=True, cache=False)
         trn.set_cpu_request(res.outputs["cpu_request"]).set_cpu_limit(res.outputs["cpu_limit"])

@@ -40,7 +40,8 @@ def data_stats(args, cfg) -> int:
 
 
 def data_drift(args, cfg) -> int:
-    """`egnet data drift NEW_DATA --reference SPEC [--out DIR] [--quarantine F] [--allow-missing-reference]`."""
+    """`egnet data drift NEW_DATA --reference SPEC [--out DIR] [--quarantine F]
+    [--allow-missing-reference]`."""
     from egnet.data import drift
     from egnet.tracking.reference import ReferenceMissing, resolve_reference
 

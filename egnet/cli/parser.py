@@ -93,7 +93,8 @@ def _data_commands(sub) -> None:
     p.add_argument("data", type=Path, help="dataset root")
     p.add_argument("--report", type=Path, default=None, help="write the JSON report here")
     p.add_argument("--quarantine", type=Path, default=None,
-                   help="write bad stems here (later steps skip them); DATA/quarantine.txt is read by default")
+                   help="write bad stems here (later steps skip them); "
+                        "DATA/quarantine.txt is read by default")
 
     p = _add(dsub, "split", h.data_split, "write train.txt / test.txt and a split report")
     p.add_argument("data", type=Path, help="dataset root")
@@ -101,14 +102,16 @@ def _data_commands(sub) -> None:
     p.add_argument("--mode", choices=["official", "stratified"], default=None,
                    help="official: release folders; stratified: pooled re-split (default: split.mode)")
     p.add_argument("--seed", type=int, default=None, help="seed for stratified (default: split.seed)")
-    p.add_argument("--quarantine", type=Path, default=None, help="stems to skip (default: DATA/quarantine.txt)")
+    p.add_argument("--quarantine", type=Path, default=None,
+                   help="stems to skip (default: DATA/quarantine.txt)")
 
     p = _add(dsub, "stats", h.data_stats,
              "class-pixel and exposure statistics per split (paper Figs. 3 and 4)")
     p.add_argument("data", type=Path, help="dataset root")
     p.add_argument("--split", type=Path, required=True, help="directory with train.txt and test.txt")
     p.add_argument("--out", type=Path, required=True, help="output directory (stats.json + PNG charts)")
-    p.add_argument("--quarantine", type=Path, default=None, help="stems to skip (default: DATA/quarantine.txt)")
+    p.add_argument("--quarantine", type=Path, default=None,
+                   help="stems to skip (default: DATA/quarantine.txt)")
 
     p = _add(dsub, "drift", h.data_drift,
              "compare incoming data with the champion's training data (exposure bins, classes)",
@@ -119,12 +122,16 @@ def _data_commands(sub) -> None:
              "measures over threshold (drift.action=fail), or a warning and exit 0 (flag).")
     p.add_argument("data", type=Path, help="dataset root of the incoming data (all its pairs, no split)")
     p.add_argument("--reference", required=True, metavar="STATS_JSON_OR_MODEL_URI",
-                   help="stats.json (or its folder), runs:/RUN_ID, or models:/NAME@ALIAS | models:/NAME/VERSION")
+                   help="stats.json (or its folder), runs:/RUN_ID, "
+                        "or models:/NAME@ALIAS | models:/NAME/VERSION")
     p.add_argument("--out", type=Path, default=None,
-                   help="output directory: drift.json, the new data's stats.json, overlay PNGs; none: print only")
-    p.add_argument("--quarantine", type=Path, default=None, help="stems to skip (default: DATA/quarantine.txt)")
+                   help="output directory: drift.json, the new data's stats.json, overlay PNGs; "
+                        "none: print only")
+    p.add_argument("--quarantine", type=Path, default=None,
+                   help="stems to skip (default: DATA/quarantine.txt)")
     p.add_argument("--allow-missing-reference", action="store_true",
-                   help="a models:/ reference naming no version (no champion yet): write a 'skipped' drift.json, exit 0")
+                   help="a models:/ reference naming no version (no champion yet): "
+                        "write a 'skipped' drift.json, exit 0")
 
 
 def _model_commands(sub) -> None:
@@ -153,7 +160,8 @@ def _model_commands(sub) -> None:
     p.add_argument("--no-resume", action="store_true", help="start fresh even if checkpoints exist")
     p.add_argument("--stats", type=Path, default=None, metavar="DIR",
                    help="`egnet data stats` output: its stats.json is logged to the run (drift reference)")
-    p.add_argument("--quarantine", type=Path, default=None, help="stems to skip (default: DATA/quarantine.txt)")
+    p.add_argument("--quarantine", type=Path, default=None,
+                   help="stems to skip (default: DATA/quarantine.txt)")
 
     p = _add(sub, "evaluate", h.evaluate,
              "evaluate a checkpoint or registered model on the test split (mIoU, EF1, mEF1)")
@@ -204,8 +212,10 @@ def _registry_commands(sub) -> None:
              "against the paper's Table 2, IoU per class, the most confused classes in the\n"
              "darkest and brightest bins, the worst test images. One HTML file, no network assets;\n"
              "logged into RUN_ID's run as report/report.html (report/vs_<VS>.html with --vs).")
-    p.add_argument("run_id", metavar="RUN_ID", help="MLflow run (a training run evaluated by `egnet evaluate`)")
-    p.add_argument("--vs", default=None, metavar="RUN_ID", help="second run, side by side; deltas are RUN_ID - VS")
+    p.add_argument("run_id", metavar="RUN_ID",
+                   help="MLflow run (a training run evaluated by `egnet evaluate`)")
+    p.add_argument("--vs", default=None, metavar="RUN_ID",
+                   help="second run, side by side; deltas are RUN_ID - VS")
     p.add_argument("--out", type=Path, required=True, help="output directory (report.html, report.json)")
     p.add_argument("--no-log", action="store_true", help="do not log the page into the MLflow run")
 
@@ -214,12 +224,14 @@ def _pipeline_commands(sub) -> None:
     """`egnet pipeline compile | run | submit | schedule` (docs/pipeline.md)."""
     # --- pipeline (Kubeflow Pipelines; docs/pipeline.md) ------------------
     pipe = sub.add_parser("pipeline", help="Kubeflow Pipelines: compile, run locally, submit, schedule",
-                          description="The retraining pipeline (materialise -> validate -> split -> stats -> "
-                                      "train -> evaluate -> register -> gate -> promote) on Kubeflow Pipelines.")
+                          description="The retraining pipeline (materialise -> validate -> split -> "
+                                      "stats -> train -> evaluate -> register -> gate -> promote) "
+                                      "on Kubeflow Pipelines.")
     psub = pipe.add_subparsers(dest="pipeline_command", metavar="ACTION", required=True)
     p = _add(psub, "compile", h.pipeline_compile,
              "compile the pipeline to YAML (defaults and image from the pipeline section of params.yaml)")
-    p.add_argument("--out", type=Path, default=None, help="YAML file (default: pipelines/nightcity_training.yaml)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="YAML file (default: pipelines/nightcity_training.yaml)")
     p = _add(psub, "run", h.pipeline_run,
              "run the pipeline on this machine with kfp.local, then print a summary",
              "Runs the same pipeline function as the cluster, each step a subprocess of this venv.\n"
@@ -227,12 +239,16 @@ def _pipeline_commands(sub) -> None:
              "Profile: quick unless --profile; MLflow: MLFLOW_TRACKING_URI, else tracking.uri\n"
              "(sqlite:///mlflow.db). A second run registers a second version and gates it.")
     p.add_argument("--local", action="store_true", help="run here with kfp.local (the only mode of `run`)")
-    p.add_argument("--data", type=Path, default=None, help="dataset root (default: data/nightcity or synthetic)")
-    p.add_argument("--workdir", type=Path, default=Path("local_outputs"), help="synthetic data and step outputs")
+    p.add_argument("--data", type=Path, default=None,
+                   help="dataset root (default: data/nightcity or synthetic)")
+    p.add_argument("--workdir", type=Path, default=Path("local_outputs"),
+                   help="synthetic data and step outputs")
     p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
-                   help="set a pipeline parameter (repeatable), e.g. --param data_repo=URL --param data_rev=v1")
-    for name, handler, what in (("submit", h.pipeline_submit, "upload the pipeline (a new version) and start a run"),
-                                ("schedule", h.pipeline_schedule, "upload the pipeline and create a recurring run")):
+                   help="set a pipeline parameter (repeatable), "
+                        "e.g. --param data_repo=URL --param data_rev=v1")
+    for name, handler, what in (
+            ("submit", h.pipeline_submit, "upload the pipeline (a new version) and start a run"),
+            ("schedule", h.pipeline_schedule, "upload the pipeline and create a recurring run")):
         p = _add(psub, name, handler, what,
                  f"{what.capitalize()} on a Kubeflow Pipelines server. The pipeline is compiled\n"
                  "from params.yaml now (or --package); steps run pipeline.image, overridable per run\n"
@@ -242,7 +258,8 @@ def _pipeline_commands(sub) -> None:
         p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                        help="set a pipeline parameter of the run (repeatable), e.g. --param nodes=2")
         p.add_argument("--namespace", default=None, help="Kubeflow profile namespace (multi-user installs)")
-        p.add_argument("--package", type=Path, default=None, help="upload this compiled YAML instead of compiling")
+        p.add_argument("--package", type=Path, default=None,
+                       help="upload this compiled YAML instead of compiling")
         p.add_argument("--run-name", default=None, help="name of the run / recurring run")
         if name == "schedule":
             p.add_argument("--cron", required=True,

@@ -52,7 +52,8 @@ def bar_figure(
         xs = [i + (k - (len(names) - 1) / 2) * width for i in range(len(labels))]
         ax.bar(xs, values[name], width=width, label=name)
     if reference:
-        ax.plot(range(len(labels)), [_number(v) for v in reference[1]], "D--", color="black", label=reference[0])
+        ax.plot(range(len(labels)), [_number(v) for v in reference[1]], "D--", color="black",
+                label=reference[0])
     ax.set_xticks(range(len(labels)))
     angle = rotate if rotate is not None else (45 if len(labels) > 10 else 0)
     ax.set_xticklabels(labels, rotation=angle, ha="right" if angle else "center")

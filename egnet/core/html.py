@@ -45,5 +45,6 @@ def data_uri(path_or_bytes: Path | bytes, mime: str | None = None) -> str:
 
 def simple_page(title: str, text: str, images: Sequence[Path]) -> str:
     """A page with ``text`` preformatted and the PNGs ``images`` below it, each titled by its name."""
-    shown = [{"title": Path(p).stem.replace("_", " "), "name": Path(p).name, "uri": data_uri(p)} for p in images]
+    shown = [{"title": Path(p).stem.replace("_", " "), "name": Path(p).name, "uri": data_uri(p)}
+             for p in images]
     return render(SIMPLE_PAGE, title=title, text=text, images=shown)

@@ -177,7 +177,8 @@ class S3Location(Location):
             # boto3 reads AWS_ENDPOINT_URL(_S3) and the credential chain itself; retries: ours
             # unless the environment chose (a Config's retries would override it)
             chosen = os.environ.get("AWS_MAX_ATTEMPTS") or os.environ.get("AWS_RETRY_MODE")
-            retries = None if chosen else Config(retries={"mode": "standard", "total_max_attempts": S3_MAX_ATTEMPTS})
+            retries = None if chosen else Config(retries={"mode": "standard",
+                                                          "total_max_attempts": S3_MAX_ATTEMPTS})
             self._client = boto3.client("s3", config=retries)
         return self._client
 
@@ -190,12 +191,14 @@ class S3Location(Location):
 
         try:
             return fn(*args, **kwargs)
-        except S3UploadFailedError as exc:  # upload_file wraps the ClientError: "Failed to upload X to Y: ..."
+        except S3UploadFailedError as exc:
+            # upload_file wraps the ClientError: "Failed to upload X to Y: ..."
             detail = str(exc).split(": ", 1)[-1]
             raise DataError(f"{self.uri}: {what} failed: {detail}") from None
         except ClientError as exc:
             err = exc.response.get("Error", {})
-            raise DataError(f"{self.uri}: {what} failed: {err.get('Code')} {err.get('Message', '')}".rstrip()) from None
+            raise DataError(f"{self.uri}: {what} failed: "
+                            f"{err.get('Code')} {err.get('Message', '')}".rstrip()) from None
         except BotoCoreError as exc:
             raise DataError(f"{self.uri}: {what} failed: {exc}") from None
 
@@ -207,7 +210,8 @@ class S3Location(Location):
 
     def list(self, prefix: str = "") -> list[str]:
         # a folder: "checkpoints" lists checkpoints/..., never checkpoints_old/...
-        start = self.key(prefix.strip("/") + "/") if prefix.strip("/") else (self.prefix + "/" if self.prefix else "")
+        start = (self.key(prefix.strip("/") + "/") if prefix.strip("/")
+                 else (self.prefix + "/" if self.prefix else ""))
         cut = len(self.prefix) + 1 if self.prefix else 0
         names: list[str] = []
         pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=start)

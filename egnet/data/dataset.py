@@ -49,7 +49,8 @@ class TrainTransform:
     def from_config(cls, t: TrainConfig) -> TrainTransform:
         return cls(t.crop_size, t.scale_min, t.scale_max, t.hflip)
 
-    def __call__(self, image: np.ndarray, label: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    def __call__(self, image: np.ndarray, label: np.ndarray,
+                 rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """HxWx3 uint8 image and HxW uint8 trainIds -> crop x crop versions of both."""
         # all random parameters drawn first, in a fixed order (reproducible per seed)
         scale = rng.uniform(self.scale_min, self.scale_max)

@@ -71,8 +71,8 @@ class Distribution:
     @classmethod
     def from_totals(cls, t: stats.SplitTotals) -> Distribution:
         means = np.array([np.nan if v is None else v for v in stats.mean_exposure(t)], dtype=np.float64)
-        return cls(t.num_images, np.asarray(t.exposure_hist, np.float64), np.asarray(t.class_pixels, np.float64),
-                   means)
+        return cls(t.num_images, np.asarray(t.exposure_hist, np.float64),
+                   np.asarray(t.class_pixels, np.float64), means)
 
     @classmethod
     def from_stats_doc(cls, doc: dict[str, Any], split: str, source: str) -> tuple[Distribution, str]:
@@ -91,17 +91,19 @@ class Distribution:
                                 else doc["class_mean_exposure"][split][c] for c in names], dtype=np.float64)
             num = int(doc["num_images"][split])
         except (KeyError, TypeError, ValueError) as exc:
-            raise DataError(f"{source}: not an `egnet data stats` stats.json (missing or bad {exc})") from None
+            raise DataError(f"{source}: not an `egnet data stats` stats.json "
+                            f"(missing or bad {exc})") from None
         if hist.shape != (exposure.NUM_BINS,):
-            raise DataError(f"{source}: exposure_hist.{split} has {hist.size} bins, expected {exposure.NUM_BINS}")
+            raise DataError(f"{source}: exposure_hist.{split} has {hist.size} bins, "
+                            f"expected {exposure.NUM_BINS}")
         return cls(num, hist, pixels, means), split
 
 
 # --------------------------------------------------------------------------- measures
 
 
-def class_mean_shift(ref: Distribution, new: Distribution, min_fraction: float) -> tuple[float | None, str | None,
-                                                                                           dict[str, float]]:
+def class_mean_shift(ref: Distribution, new: Distribution,
+                     min_fraction: float) -> tuple[float | None, str | None, dict[str, float]]:
     """(largest |mean V change|, its class, change per compared class) over classes with at least
     ``min_fraction`` of the labelled pixels on both sides; (None, None, {}) when none qualifies."""
     rf = ref.class_pixels / max(ref.class_pixels.sum(), 1.0)
@@ -139,7 +141,8 @@ def judge(measures: dict[str, dict[str, Any]], cfg: DriftConfig) -> dict[str, di
         m = dict(measures[name])
         threshold = float(getattr(cfg, name))
         value = m["value"]
-        m.update(threshold=threshold, passed=value is None or value <= threshold, description=DESCRIPTIONS[name])
+        m.update(threshold=threshold, passed=value is None or value <= threshold,
+                 description=DESCRIPTIONS[name])
         if value is None:
             m["note"] = "not measurable on these data; not gated"
         out[name] = m
@@ -160,7 +163,8 @@ class Reference:
         references are MLflow look-ups: egnet.tracking.reference)."""
         with tempfile.TemporaryDirectory(prefix="egnet-drift-") as tmp:
             path = reference_file(spec, Path(tmp), f"--reference {spec}")
-            return cls(read_json(path, "reference stats.json"), {"spec": spec, "kind": "file", "stats": str(path)})
+            return cls(read_json(path, "reference stats.json"),
+                       {"spec": spec, "kind": "file", "stats": str(path)})
 
 
 def reference_file(spec: str, dst: Path, what: str) -> Path:
@@ -173,8 +177,8 @@ def reference_file(spec: str, dst: Path, what: str) -> Path:
         Location.from_str(parent).get(name, local)
         return local
     if "://" in spec:
-        raise ConfigError(f"{what}: expected a stats.json path, s3://..., runs:/RUN_ID or models:/NAME@ALIAS, "
-                          f"got {spec}")
+        raise ConfigError(f"{what}: expected a stats.json path, s3://..., runs:/RUN_ID "
+                          f"or models:/NAME@ALIAS, got {spec}")
     path = Path(spec)
     path = path / "stats.json" if path.is_dir() else path
     if not path.is_file():
@@ -235,7 +239,8 @@ def drift_report(ref: Distribution, new: Distribution, cfg: DriftConfig, referen
         "reference": {**reference, "num_images": ref.num_images},
         "new_data": {"root": new_root, "num_images": new.num_images},
         "exposure_bins": list(exposure.BIN_NAMES),
-        "exposure_fraction": {"reference": _fractions(ref.exposure_hist), "new": _fractions(new.exposure_hist)},
+        "exposure_fraction": {"reference": _fractions(ref.exposure_hist),
+                              "new": _fractions(new.exposure_hist)},
         "class_names": list(labels.CLASS_NAMES),
         "class_fraction": {"reference": _fractions(ref.class_pixels), "new": _fractions(new.class_pixels)},
         "class_mean_exposure": {"reference": nan_none(ref.class_mean_exposure),
@@ -254,7 +259,8 @@ def write_charts(out: Path, report: dict[str, Any]) -> list[Path]:
         plots.exposure_chart(out / "exposure_overlay.png", pair("exposure_fraction"),
                              "Share of pixels per exposure bin (cf. paper Fig. 4)", "fraction of pixels"),
         plots.class_chart(out / "class_overlay.png", pair("class_fraction"),
-                          "Share of labelled pixels per class (cf. paper Fig. 3)", "fraction (log scale)", log=True),
+                          "Share of labelled pixels per class (cf. paper Fig. 3)", "fraction (log scale)",
+                          log=True),
         plots.class_chart(out / "class_mean_exposure.png", pair("class_mean_exposure"),
                           "Mean exposure (HSV V) of each class's pixels", "mean V"),
     ]
@@ -281,8 +287,8 @@ def check_drift(new_data: str | Path, ref_doc: Reference, cfg: Config, out: str 
     return drift.json. Never raises for drift itself: callers decide (see ``drift.action``)."""
     ref, split = Distribution.from_stats_doc(ref_doc.doc, cfg.drift.reference_split, ref_doc.source["spec"])
     totals, new_doc = new_data_stats(new_data, tuple(cfg.data.image_size), cfg.drift.workers, quarantine)
-    report = drift_report(ref, Distribution.from_totals(totals), cfg.drift, {**ref_doc.source, "split": split},
-                          str(new_data))
+    report = drift_report(ref, Distribution.from_totals(totals), cfg.drift,
+                          {**ref_doc.source, "split": split}, str(new_data))
     if out is not None:
         with atomic_dir(out) as tmp:
             write_json(tmp / "drift.json", report)
@@ -292,8 +298,8 @@ def check_drift(new_data: str | Path, ref_doc: Reference, cfg: Config, out: str 
 
 
 def skipped_report(reference: str, reason: str) -> dict[str, Any]:
-    return {"status": "skipped", "passed": True, "failed": [], "reason": reason, "reference": {"spec": reference},
-            "measures": {}}
+    return {"status": "skipped", "passed": True, "failed": [], "reason": reason,
+            "reference": {"spec": reference}, "measures": {}}
 
 
 def write_skipped(out: str | Path, report: dict[str, Any]) -> None:
@@ -303,8 +309,9 @@ def write_skipped(out: str | Path, report: dict[str, Any]) -> None:
 
 def verdict(report: dict[str, Any], cfg: Config, out: str | Path | None) -> int:
     """Print the comparison; 0 when it passed or ``drift.action`` is flag, else GateRefused (exit 1)."""
-    print(f"drift: {report['new_data']['num_images']} new images vs {report['reference']['num_images']} reference "
-          f"images ({report['reference']['spec']}, split {report['reference']['split']})")
+    print(f"drift: {report['new_data']['num_images']} new images vs "
+          f"{report['reference']['num_images']} reference images "
+          f"({report['reference']['spec']}, split {report['reference']['split']})")
     print(format_table(report))
     if report["passed"]:
         print("drift: all measures within thresholds" + (f"; wrote {out}" if out else ""))

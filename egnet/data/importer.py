@@ -143,7 +143,8 @@ def _copy(members: list[Member], root: Path) -> None:
             zf.close()
 
 
-def import_release(src: str | Path, out: str | Path, size: tuple[int, int], workers: int = 0) -> dict[str, Any]:
+def import_release(src: str | Path, out: str | Path, size: tuple[int, int],
+                   workers: int = 0) -> dict[str, Any]:
     """Copy/extract the release under ``src`` to ``out`` (atomically), validated at image ``size`` (w, h)."""
     start = time.perf_counter()
     src, out = Path(src), Path(out)

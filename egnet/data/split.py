@@ -122,7 +122,8 @@ def _objective(test_c, test_e, test_y, tot_c, tot_e, tot_y) -> np.ndarray:
 
 
 def balance(
-    is_test: np.ndarray, feats: tuple[np.ndarray, np.ndarray, np.ndarray], n_test: int, rng: np.random.Generator
+    is_test: np.ndarray, feats: tuple[np.ndarray, np.ndarray, np.ndarray], n_test: int,
+    rng: np.random.Generator,
 ) -> np.ndarray:
     """Move images until test has exactly ``n_test``, then swaps that lower ``_objective``.
 
@@ -213,8 +214,8 @@ def split(
         folder = {s: sum(p.split == s for p in listing.pairs) for s in layout.SPLITS}
         if len(listing.pairs) > REAL_RELEASE_MIN_PAIRS and folder != RELEASE_COUNTS:
             raise DataError(
-                f"{root}: {len(listing.pairs)} pairs look like the real NightCity release, but its folders hold "
-                f"train {folder['train']} / val {folder['val']}; the official split is "
+                f"{root}: {len(listing.pairs)} pairs look like the real NightCity release, "
+                f"but its folders hold train {folder['train']} / val {folder['val']}; the official split is "
                 f"{RELEASE_COUNTS['train']} / {RELEASE_COUNTS['val']} (use --mode stratified for other data)"
             )
         is_test = np.array([p.split == "val" for p in pairs], dtype=bool)
@@ -235,7 +236,8 @@ def split(
         "train": _side_report([s for s, t in zip(stats, is_test, strict=True) if not t]),
         "test": _side_report([s for s, t in zip(stats, is_test, strict=True) if t]),
     }
-    js_class = js_distance(list(sides["train"]["class_pixels"].values()), list(sides["test"]["class_pixels"].values()))
+    js_class = js_distance(list(sides["train"]["class_pixels"].values()),
+                           list(sides["test"]["class_pixels"].values()))
     js_exposure = js_distance(sides["train"]["exposure_hist"], sides["test"]["exposure_hist"])
     report = {
         "mode": mode,

@@ -155,9 +155,9 @@ def totals(stats: Iterable[ImageStats]) -> SplitTotals:
     """Add up per-image statistics."""
     stats = list(stats)
     if not stats:
-        return SplitTotals(0, 0, np.zeros(labels.NUM_CLASSES, np.int64), np.zeros(exposure.NUM_BINS, np.int64),
-                           np.zeros(labels.NUM_CLASSES), np.zeros((labels.NUM_CLASSES, exposure.NUM_BINS), np.int64),
-                           0)
+        return SplitTotals(0, 0, np.zeros(labels.NUM_CLASSES, np.int64),
+                           np.zeros(exposure.NUM_BINS, np.int64), np.zeros(labels.NUM_CLASSES),
+                           np.zeros((labels.NUM_CLASSES, exposure.NUM_BINS), np.int64), 0)
     hist = np.sum([s.exposure_hist for s in stats], axis=0)
     return SplitTotals(
         num_images=len(stats),
@@ -222,8 +222,9 @@ def compute_stats(
         "exposure_fraction": each(lambda t: (t.exposure_hist / t.num_pixels).tolist()),
         # Fig. 3: labelled pixels per class
         "class_pixels": each(lambda t: dict(zip(names, t.class_pixels.tolist(), strict=True))),
-        "class_fraction": each(lambda t: dict(zip(names, (t.class_pixels / max(1, t.class_pixels.sum())).tolist(),
-                                                    strict=True))),
+        "class_fraction": each(lambda t: dict(zip(names,
+                                                  (t.class_pixels / max(1, t.class_pixels.sum())).tolist(),
+                                                  strict=True))),
         "ignored_pixels": each(lambda t: int(t.num_pixels - t.class_pixels.sum())),
         "class_mean_exposure": each(lambda t: dict(zip(names, mean_exposure(t), strict=True))),
         "class_exposure_hist": each(lambda t: dict(zip(names, t.class_exposure_hist.tolist(), strict=True))),

@@ -51,7 +51,8 @@ def png_problem(data: bytes) -> tuple[str, str] | None:
         kind = data[pos + 4:pos + 8]
         end = pos + 12 + length
         if end > len(data):
-            return "truncated", f"truncated PNG: chunk {kind.decode('latin-1')!r} needs {length} bytes, file ends early"
+            return "truncated", (f"truncated PNG: chunk {kind.decode('latin-1')!r} needs {length} bytes, "
+                                 "file ends early")
         if zlib.crc32(data[pos + 4:pos + 8 + length]) != int.from_bytes(data[end - 4:end], "big"):
             return "corrupt", f"corrupt PNG: CRC mismatch in chunk {kind.decode('latin-1')!r} at byte {pos}"
         if kind == b"IEND":
@@ -66,11 +67,13 @@ def _decode(data: bytes) -> np.ndarray | None:
 
 def _describe(a: np.ndarray) -> tuple[int, str]:
     channels = 1 if a.ndim == 2 else a.shape[2]
-    return channels, {1: "grayscale", 2: "gray+alpha", 3: "RGB", 4: "RGBA"}.get(channels, f"{channels}-channel")
+    return channels, {1: "grayscale", 2: "gray+alpha", 3: "RGB", 4: "RGBA"}.get(
+        channels, f"{channels}-channel")
 
 
 def check_pair(task: tuple[str, str, str, tuple[int, int]]) -> dict[str, Any]:
-    """Check one pair: (stem, image path, label path, (width, height)) -> problems, image hash, NightCity+ flag."""
+    """Check one pair: (stem, image path, label path, (width, height)) -> problems, image hash,
+    NightCity+ flag."""
     stem, image_file, label_file, (w, h) = task
     problems: list[dict[str, Any]] = []
 
@@ -109,7 +112,8 @@ def check_pair(task: tuple[str, str, str, tuple[int, int]]) -> dict[str, Any]:
             if unknown:
                 shown = ", ".join(map(str, unknown[:8])) + (" ..." if len(unknown) > 8 else "")
                 bad(file, "label_values", f"label has values that are not Cityscapes labelIds: {shown}")
-    if any(p["file"] == image_file and p["kind"] in ("empty", "not_png", "truncated", "corrupt") for p in problems):
+    if any(p["file"] == image_file and p["kind"] in ("empty", "not_png", "truncated", "corrupt")
+           for p in problems):
         digest = None   # two broken files are not "duplicates" worth a second line each
     return {"stem": stem, "image": image_file, "problems": problems, "hash": digest, "nightcity_plus": plus}
 
@@ -121,11 +125,13 @@ def validate(root: str | Path, size: tuple[int, int], workers: int = 0) -> dict[
     problems: list[dict[str, Any]] = []
     for path in listing.orphan_images:
         problems.append({"file": str(path), "kind": "orphan_image", "stem": path.stem,
-                         "message": f"image has no label (expected {layout.label_path(root, path.parent.name, path.stem)})"})
+                         "message": "image has no label "
+                                    f"(expected {layout.label_path(root, path.parent.name, path.stem)})"})
     for path in listing.orphan_labels:
         stem = path.name[: -len(layout.LABEL_SUFFIX)]
         problems.append({"file": str(path), "kind": "orphan_label", "stem": stem,
-                         "message": f"label has no image (expected {layout.image_path(root, path.parent.name, stem)})"})
+                         "message": "label has no image "
+                                    f"(expected {layout.image_path(root, path.parent.name, stem)})"})
     for path in listing.stray_files:
         problems.append({"file": str(path), "kind": "stray_file", "stem": None,
                          "message": "file is neither <City>_<NNNN>.png nor <City>_<NNNN>_labelIds.png"})
@@ -145,7 +151,8 @@ def validate(root: str | Path, size: tuple[int, int], workers: int = 0) -> dict[
         results = [check_pair(t) for t in tqdm(tasks, **bar)]
     else:
         with ProcessPoolExecutor(n_proc) as pool:
-            results = list(tqdm(pool.map(check_pair, tasks, chunksize=max(1, len(tasks) // (16 * n_proc))), **bar))
+            results = list(tqdm(pool.map(check_pair, tasks, chunksize=max(1, len(tasks) // (16 * n_proc))),
+                                **bar))
 
     first_with: dict[str, str] = {}
     for r in results:   # pairs come sorted (split, stem): the later copy is the one reported
@@ -187,7 +194,8 @@ def _summary(report: dict[str, Any]) -> str:
     extra = f"; {plus} NightCity+ label(s) at 2x, resized nearest-neighbour when read" if plus else ""
     s = report["splits"]
     return (f"validate: {report['num_good']}/{report['num_pairs']} pairs good "
-            f"(train {s['train']}, val {s['val']}) at {report['image_size'][0]}x{report['image_size'][1]}{extra}")
+            f"(train {s['train']}, val {s['val']}) "
+            f"at {report['image_size'][0]}x{report['image_size'][1]}{extra}")
 
 
 def main(args: argparse.Namespace, cfg: Config) -> int:
@@ -196,7 +204,8 @@ def main(args: argparse.Namespace, cfg: Config) -> int:
         write_json(args.report, report)
     if args.quarantine:
         with atomic_file(args.quarantine) as fh:
-            fh.write(f"# bad pairs found by `egnet data validate {args.data}`; later steps skip these stems\n")
+            fh.write(f"# bad pairs found by `egnet data validate {args.data}`; "
+                     "later steps skip these stems\n")
             fh.writelines(f"{stem}\n" for stem in report["bad_stems"])
     if report["ok"]:
         print(_summary(report))

@@ -190,7 +190,8 @@ def dvc_add(path: str | Path) -> str:
         raise DataError(f"{path}: nothing to `dvc add` (not found)")
     root = find_dvc_root(path)
     if root is None:
-        raise DataError(f"{path}: not inside a DVC repository (run `git init && dvc init` at the project root)")
+        raise DataError(f"{path}: not inside a DVC repository "
+                        "(run `git init && dvc init` at the project root)")
     env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
     proc = subprocess.run([*dvc_command(), "add", "-q", os.fspath(path)], cwd=root, env=env,
                           capture_output=True, text=True)

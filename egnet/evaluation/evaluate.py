@@ -66,7 +66,8 @@ class EvalResult:
     samples: list[Sample] = field(default_factory=list)
     labels_resized: int = 0                           # NightCity+ labels resized nearest-neighbour
     counts: np.ndarray | None = None                  # [10, C, C+1] paper-protocol counts -> confusion.npy
-    worst: WorstImages | None = None                  # per-image scores, worst images -> per_image.json, worst/
+    # per-image scores, worst images -> per_image.json, worst/
+    worst: WorstImages | None = None
 
 
 def qualitative_indices(n_images: int, k: int) -> list[int]:
@@ -87,7 +88,8 @@ def evaluate_pairs(
     modes = ["paper", *[m for m in ev.extra_modes if m != "paper"]]
     num_classes = loaded.config.model.num_classes
     if num_classes != len(CLASS_NAMES):
-        raise ConfigError(f"model.num_classes = {num_classes}: NightCity labels have {len(CLASS_NAMES)} classes")
+        raise ConfigError(f"model.num_classes = {num_classes}: "
+                          f"NightCity labels have {len(CLASS_NAMES)} classes")
     device = loaded.device
     acc = {m: metrics.ExposureConfusion(num_classes, device) for m in modes}
     keep = set(qualitative_indices(len(pairs), ev.num_qualitative))
@@ -105,7 +107,8 @@ def evaluate_pairs(
 
     stream = inference.prefetch(read, pairs)
     for i, (pair, image, label, was_resized) in enumerate(
-        tqdm(stream, total=len(pairs), desc="evaluate", unit="img", disable=None if progress is None else not progress)
+        tqdm(stream, total=len(pairs), desc="evaluate", unit="img",
+             disable=None if progress is None else not progress)
     ):
         resized += int(was_resized)
         x = inference.to_tensor(image, device)
@@ -171,7 +174,8 @@ def qualitative_png(path: Path, samples: list[Sample]) -> None:
             panels.append(s.exposure if s.exposure is not None else np.zeros(s.image.shape[:2]))
         for c, panel in enumerate(panels):
             ax = fig.add_subplot(rows, len(cols), r * len(cols) + c + 1)
-            ax.imshow(panel, cmap="gray" if panel.ndim == 2 else None, vmin=0, vmax=1 if panel.ndim == 2 else None)
+            ax.imshow(panel, cmap="gray" if panel.ndim == 2 else None, vmin=0,
+                      vmax=1 if panel.ndim == 2 else None)
             ax.set_xticks([])
             ax.set_yticks([])
             if r == 0:
@@ -182,7 +186,8 @@ def qualitative_png(path: Path, samples: list[Sample]) -> None:
     fig.savefig(path, dpi=110)
 
 
-def write_outputs(out: Path, result: EvalResult, source: inference.ModelSource, cfg: Config) -> dict[str, Any]:
+def write_outputs(out: Path, result: EvalResult, source: inference.ModelSource,
+                  cfg: Config) -> dict[str, Any]:
     """metrics.json, model_source.json and the charts into ``out``; returns the metrics.json dict."""
     modes = ["paper", *result.modes]
     doc = {
@@ -296,7 +301,8 @@ def main(args: argparse.Namespace, cfg: Config) -> int:
                 })
     print(metrics.format_table(result.metrics))
     for mode, m in result.modes.items():
-        print(f"[{mode}] mIoU {100 * (m['mIoU'] or 0):.2f}%  mEF1 {m['mEF1'] or 0:.4f}  (not the paper protocol)")
+        print(f"[{mode}] mIoU {100 * (m['mIoU'] or 0):.2f}%  mEF1 {m['mEF1'] or 0:.4f}  "
+              "(not the paper protocol)")
     if result.labels_resized:
         print(f"note: {result.labels_resized} label(s) were 2x the image size (NightCity+) and were resized "
               "nearest-neighbour")

@@ -1,7 +1,8 @@
 """Model loading and test-time inference shared by ``egnet evaluate`` and ``egnet predict``.
 
 Loading (:func:`load`): a checkpoint file, a training output directory (its
-``model.pt``, else its latest checkpoint; local or ``s3://``), or a registered version ``models:/NAME@ALIAS`` / ``models:/NAME/VERSION``.
+``model.pt``, else its latest checkpoint; local or ``s3://``), or a registered version
+``models:/NAME@ALIAS`` / ``models:/NAME/VERSION``.
 Every path ends in ``egnet.training.checkpoint.load_model``, i.e. ``torch.load(weights_only=True)``
 on an egnet checkpoint: a registered version carries that checkpoint as an extra file
 of its MLflow model (``extra_files/egnet-checkpoint.pt``, written by ``egnet register``),
@@ -99,7 +100,8 @@ def training_run_id(spec: str) -> str | None:
 
 def _load_path(spec: str) -> tuple[nn.Module, Config, ModelSource]:
     model, cfg = load_model(spec)
-    return model, cfg, ModelSource(spec=spec, kind="checkpoint", checkpoint=spec, run_id=training_run_id(spec))
+    return model, cfg, ModelSource(spec=spec, kind="checkpoint", checkpoint=spec,
+                                   run_id=training_run_id(spec))
 
 
 def _load_registered(uri: str, cfg: Config) -> tuple[nn.Module, Config, ModelSource]:

@@ -72,7 +72,8 @@ def main(args: argparse.Namespace, cfg: Config) -> int:
             entry = {"image": str(path), "labelIds": names["labelIds"], "color": names["color"],
                      "size": list(size)}
             if pred.exposure is not None:
-                layout.write_png(tmp / names["exposure"], exposure_png(pred.exposure.cpu().numpy()), rgb=False)
+                layout.write_png(tmp / names["exposure"], exposure_png(pred.exposure.cpu().numpy()),
+                                 rgb=False)
                 entry["exposure"] = names["exposure"]
             entries.append(entry)
         write_json(tmp / "predictions.json", {

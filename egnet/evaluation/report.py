@@ -84,8 +84,8 @@ def load_run(client: Any, run_id: str, dst: Path) -> RunData:
         raise DataError(f"MLflow run {run_id}: {exc.error_code}") from None
     names = {f.path for f in client.list_artifacts(run_id, EVAL_DIR)}
     if f"{EVAL_DIR}/metrics.json" not in names:
-        raise DataError(f"MLflow run {run_id} has no {EVAL_DIR}/metrics.json: run `egnet evaluate --model <its train "
-                        "dir>` first (it logs into the training run)")
+        raise DataError(f"MLflow run {run_id} has no {EVAL_DIR}/metrics.json: "
+                        "run `egnet evaluate --model <its train dir>` first (it logs into the training run)")
     local = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=EVAL_DIR, dst_path=str(dst),
                                                      tracking_uri=mlflow.get_tracking_uri()))
     data = RunData(run_id, run.info.run_name or run_id[:8], dict(run.data.params), dict(run.data.tags),
@@ -93,19 +93,20 @@ def load_run(client: Any, run_id: str, dst: Path) -> RunData:
     if (local / CONFUSION_FILE).is_file():
         data.counts = np.load(local / CONFUSION_FILE)
         if data.counts.shape != (NUM_BINS, NUM_CLASSES, NUM_CLASSES + 1):
-            raise DataError(f"run {run_id}: {EVAL_DIR}/{CONFUSION_FILE} has shape {data.counts.shape}, expected "
-                            f"[{NUM_BINS}, {NUM_CLASSES}, {NUM_CLASSES + 1}]")
+            raise DataError(f"run {run_id}: {EVAL_DIR}/{CONFUSION_FILE} has shape {data.counts.shape}, "
+                            f"expected [{NUM_BINS}, {NUM_CLASSES}, {NUM_CLASSES + 1}]")
     else:
         data.missing.append(CONFUSION_FILE)
     if (local / PER_IMAGE_FILE).is_file():
         per_image = read_json(local / PER_IMAGE_FILE, "per-image scores")
         for w in per_image.get("worst", []):
-            mean_v = next((e.get("mean_exposure") for e in per_image.get("images", []) if e["stem"] == w["stem"]), None)
+            mean_v = next((e.get("mean_exposure") for e in per_image.get("images", [])
+                           if e["stem"] == w["stem"]), None)
             panels = [{"name": title, "uri": data_uri(local / w["files"][key])}
                       for title, key in zip(PANELS, ("input", "gt", "pred", "exposure"), strict=True)
                       if key in w["files"]]
-            data.gallery.append({"rank": w["rank"], "stem": w["stem"], "miou": w["mIoU"], "mean_exposure": mean_v,
-                                 "panels": panels})
+            data.gallery.append({"rank": w["rank"], "stem": w["stem"], "miou": w["mIoU"],
+                                 "mean_exposure": mean_v, "panels": panels})
     else:
         data.missing.append(PER_IMAGE_FILE)
     if (local / "qualitative.png").is_file():
@@ -132,7 +133,8 @@ def metric_table(table_id: str, first: str, rows: list[tuple[str, str, list[floa
                  runs: list[RunData], paper: bool) -> dict[str, Any]:
     """Rows (label, key, value per run, paper value) -> the template's table: a column per run,
     ``delta`` (first run - second) with two runs, and the paper's value + delta with ``paper``."""
-    header = [r.label for r in runs] + (["Δ (first − second)"] if len(runs) > 1 else []) + (["paper", "Δ vs paper"] if paper else [])
+    header = ([r.label for r in runs] + (["Δ (first − second)"] if len(runs) > 1 else [])
+              + (["paper", "Δ vs paper"] if paper else []))
     out_rows = []
     for label, key, values, ref in rows:
         cells = [_cell(r.run_id, key, v) for r, v in zip(runs, values, strict=True)]
@@ -148,8 +150,9 @@ def headline(runs: list[RunData]) -> dict[str, Any]:
     rows = [(k, k, [r.metrics.get(k) for r in runs], PAPER.get(k)) for k in ("mIoU", "mEF1", "pixel_acc")]
     table = metric_table("headline", "metric", rows, runs, paper=True)
     blanks = len(table["header"]) - len(runs)
-    table["rows"].append({"name": "test images", "cells": [_cell(r.run_id, "num_images", int(r.metrics["num_images"]))
-                                                           for r in runs] + [{"text": ""}] * blanks})
+    table["rows"].append({"name": "test images",
+                          "cells": [_cell(r.run_id, "num_images", int(r.metrics["num_images"]))
+                                    for r in runs] + [{"text": ""}] * blanks})
     return table
 
 
@@ -194,7 +197,8 @@ def extreme_bins(counts: np.ndarray) -> list[tuple[int, str]]:
     if not filled:
         return []
     lo, hi = filled[0], filled[-1]
-    out = [(lo, f"darkest bin {BIN_NAMES[lo]}" + ("" if lo == 0 else " (lower bins have no labelled pixels)"))]
+    out = [(lo, f"darkest bin {BIN_NAMES[lo]}"
+            + ("" if lo == 0 else " (lower bins have no labelled pixels)"))]
     if hi != lo:
         out.append((hi, f"brightest bin {BIN_NAMES[hi]}" + ("" if hi == NUM_BINS - 1 else
                                                              " (higher bins have no labelled pixels)")))
@@ -203,9 +207,11 @@ def extreme_bins(counts: np.ndarray) -> list[tuple[int, str]]:
 
 def charts(runs: list[RunData]) -> dict[str, str]:
     """EF1 per bin (bars per run, the paper's Table 2 EGNet row as a line) and IoU per class, as data URIs."""
-    ef1 = bar_figure(BIN_NAMES, {r.label: r.metrics.get("EF1") or [None] * NUM_BINS for r in runs}, None, "EF1",
-                     xlabel="exposure (HSV V)", reference=("paper EGNet (Table 2)", paper_ef1()), ylim=(0, 1.05))
-    iou = bar_figure(CLASS_NAMES, {r.label: [r.metrics.get("IoU", {}).get(c) for c in CLASS_NAMES] for r in runs},
+    ef1 = bar_figure(BIN_NAMES, {r.label: r.metrics.get("EF1") or [None] * NUM_BINS for r in runs}, None,
+                     "EF1", xlabel="exposure (HSV V)", reference=("paper EGNet (Table 2)", paper_ef1()),
+                     ylim=(0, 1.05))
+    iou = bar_figure(CLASS_NAMES,
+                     {r.label: [r.metrics.get("IoU", {}).get(c) for c in CLASS_NAMES] for r in runs},
                      None, "IoU", ylim=(0, 1.0))
     return {"ef1": data_uri(png_bytes(ef1), "image/png"), "iou": data_uri(png_bytes(iou), "image/png")}
 
@@ -218,8 +224,8 @@ def _run_rows(runs: list[RunData]) -> list[dict[str, Any]]:
             ("iterations", lambda r: r.params.get("train.iterations", "?")),
             ("test images", lambda r: str(r.metrics.get("num_images"))),
             ("EF1 average", lambda r: r.metrics.get("ef1_average", "?"))]
-    rows += [(t, lambda r, t=t: r.tags.get(t, "-")) for t in ("git_commit", "data_version", "test_data_version",
-                                                             "params_hash")]
+    rows += [(t, lambda r, t=t: r.tags.get(t, "-"))
+             for t in ("git_commit", "data_version", "test_data_version", "params_hash")]
     return [{"name": n, "texts": [fn(r) for r in runs]} for n, fn in rows]
 
 
@@ -232,30 +238,33 @@ def render(runs: list[RunData]) -> tuple[str, dict[str, Any]]:
     notes = []
     views = []
     for r in runs:
-        view: dict[str, Any] = {"key": r.run_id, "label": r.label, "gallery": r.gallery, "qualitative": r.qualitative,
-                                "confused": None}
+        view: dict[str, Any] = {"key": r.run_id, "label": r.label, "gallery": r.gallery,
+                                "qualitative": r.qualitative, "confused": None}
         if r.counts is not None:
             view["confused"] = [{"bin": g, "title": t, "rows": confused_pairs(r.counts, g)}
                                 for g, t in extreme_bins(r.counts)]
         view["missing_confusion"] = (f"{EVAL_DIR}/{CONFUSION_FILE} is not in run {r.run_id}: its evaluation "
                                      "predates per-bin confusion counts; re-run `egnet evaluate`.")
-        view["missing_gallery"] = (f"{EVAL_DIR}/{PER_IMAGE_FILE} is not in run {r.run_id}: no per-image scores; "
+        view["missing_gallery"] = (f"{EVAL_DIR}/{PER_IMAGE_FILE} is not in run {r.run_id}: "
+                                   "no per-image scores; "
                                    + ("evenly spaced test images below instead." if r.qualitative else
                                       "re-run `egnet evaluate`."))
         if r.metrics.get("labels_resized_nearest"):
-            notes.append(f"{r.label}: {r.metrics['labels_resized_nearest']} NightCity+ label(s) at 2x the image size "
-                         "were resized nearest-neighbour.")
+            notes.append(f"{r.label}: {r.metrics['labels_resized_nearest']} NightCity+ label(s) "
+                         "at 2x the image size were resized nearest-neighbour.")
         views.append(view)
     data = {"runs": [{"run_id": r.run_id, "name": r.name, "metrics": {k: r.metrics.get(k) for k in (
         "mIoU", "mEF1", "pixel_acc", "EF1", "IoU", "num_images", "ef1_average", "num_pixels_per_bin")},
-        "confused": v.get("confused"), "worst": [{k: g[k] for k in ("rank", "stem", "miou")} for g in r.gallery],
+        "confused": v.get("confused"),
+        "worst": [{k: g[k] for k in ("rank", "stem", "miou")} for g in r.gallery],
         "missing": r.missing} for r, v in zip(runs, views, strict=True)],
         "paper": {**PAPER, "EF1": list(paper_ef1())}}
     title = "EGNet evaluation: " + " vs ".join(r.label for r in runs)
     page = html.render(
         TABLE_MACRO + TEMPLATE,
         title=title, generated=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        protocol=runs[0].metrics.get("protocol", {}).get("description", "-"), runs=views, run_rows=_run_rows(runs),
+        protocol=runs[0].metrics.get("protocol", {}).get("description", "-"), runs=views,
+        run_rows=_run_rows(runs),
         notes=notes, headline=headline(runs), ef1=ef1_table(runs), iou=iou_table(runs), charts=charts(runs),
         ef1_average=runs[0].metrics.get("ef1_average", "weighted"), panel_columns=len(PANELS),
         # not executed; "</" escaped so the JSON cannot close the script element
@@ -280,7 +289,8 @@ def build_report(run_id: str, cfg: Config, out: str | Path, vs: str | None = Non
         runs = [load_run(client, rid, Path(tmp) / rid) for rid in [run_id, *([vs] if vs else [])]]
     for r in runs:
         if r.missing:
-            print(f"egnet report: warning: run {r.run_id} lacks {', '.join(f'{EVAL_DIR}/{m}' for m in r.missing)}; "
+            print(f"egnet report: warning: run {r.run_id} lacks "
+                  f"{', '.join(f'{EVAL_DIR}/{m}' for m in r.missing)}; "
                   "the page says so", file=sys.stderr)
     page, data = render(runs)
     out = Path(out)

@@ -37,7 +37,8 @@ th { background: #f2f4f7; } td.name, th.name { text-align: left; }
 <h2>Runs</h2>
 <table id="runs">
 <tr><th class="name"></th>{% for r in runs %}<th class="name">{{ r.label }}</th>{% endfor %}</tr>
-{% for row in run_rows %}<tr><td class="name">{{ row.name }}</td>{% for v in row.texts %}<td class="name">{{ v }}</td>{% endfor %}</tr>
+{% for row in run_rows %}<tr><td class="name">{{ row.name }}</td>
+{% for v in row.texts %}<td class="name">{{ v }}</td>{% endfor %}</tr>
 {% endfor %}</table>
 {% for n in notes %}<div class="note">{{ n }}</div>{% endfor %}
 
@@ -62,7 +63,8 @@ counts (share = of that class's labelled pixels in the bin).</p>
 <table class="confused" data-run="{{ r.key }}" data-bin="{{ c.bin }}">
 <tr><th class="name">ground truth</th><th class="name">predicted as</th><th>pixels</th><th>share</th></tr>
 {% for e in c.rows %}<tr><td class="name">{{ e.gt }}</td><td class="name">{{ e.pred }}</td>
-<td data-run="{{ r.key }}" data-key="confused.{{ c.bin }}.{{ e.gt }}.{{ e.pred }}" data-value="{{ e.pixels }}">{{ e.pixels }}</td>
+<td data-run="{{ r.key }}" data-key="confused.{{ c.bin }}.{{ e.gt }}.{{ e.pred }}"
+data-value="{{ e.pixels }}">{{ e.pixels }}</td>
 <td>{{ "%.1f" % (100 * e.share) }}%</td></tr>
 {% else %}<tr><td class="name" colspan="4">no confusion</td></tr>{% endfor %}</table>
 {% endfor %}{% else %}<div class="note">{{ r.missing_confusion }}</div>{% endif %}
@@ -73,13 +75,15 @@ counts (share = of that class's labelled pixels in the bin).</p>
 image's ground truth or prediction), paper protocol.</p>
 <div class="cols gallery">{% for r in runs %}<div><h3>{{ r.label }}</h3>
 {% if r.gallery %}{% for g in r.gallery %}<figure data-run="{{ r.key }}" data-stem="{{ g.stem }}">
-<figcaption>{{ g.rank }}. <b>{{ g.stem }}</b>: mIoU <span data-run="{{ r.key }}" data-key="image_mIoU.{{ g.stem }}"
+<figcaption>{{ g.rank }}. <b>{{ g.stem }}</b>: mIoU <span data-run="{{ r.key }}"
+data-key="image_mIoU.{{ g.stem }}"
 data-value="{{ g.miou }}">{{ "%.3f" % g.miou }}</span>{% if g.mean_exposure is not none %}, mean exposure
 {{ "%.2f" % g.mean_exposure }}{% endif %}</figcaption>
 <div class="panels">{% for p in g.panels %}<div><img alt="{{ p.name }} {{ g.stem }}" src="{{ p.uri }}">
 <span>{{ p.name }}</span></div>{% endfor %}</div></figure>
 {% endfor %}{% else %}<div class="note">{{ r.missing_gallery }}</div>
-{% if r.qualitative %}<img class="chart" alt="qualitative examples" src="{{ r.qualitative }}">{% endif %}{% endif %}
+{% if r.qualitative %}<img class="chart" alt="qualitative examples"
+src="{{ r.qualitative }}">{% endif %}{% endif %}
 </div>{% endfor %}</div>
 
 <script type="application/json" id="report-data">{{ data_json }}</script>
@@ -92,7 +96,8 @@ TABLE_MACRO = r"""{% macro table(t) -%}
 <table id="{{ t.id }}">
 <tr><th class="name">{{ t.first }}</th>{% for h in t.header %}<th>{{ h }}</th>{% endfor %}</tr>
 {% for row in t.rows %}<tr><td class="name">{{ row.name }}</td>
-{% for c in row.cells %}<td{% if c.get("key") %} data-run="{{ c.run }}" data-key="{{ c.key }}" data-value="{{ c.raw }}"{% endif %}
+{% for c in row.cells %}<td{% if c.get("key") %} data-run="{{ c.run }}" data-key="{{ c.key }}"
+data-value="{{ c.raw }}"{% endif %}
 {% if c.get("cls") %} class="{{ c.cls }}"{% endif %}>{{ c.text }}</td>{% endfor %}</tr>
 {% endfor %}</table>
 {%- endmacro %}"""

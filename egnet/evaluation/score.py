@@ -122,7 +122,8 @@ def _image_counts(pair: layout.Pair, pred_path: Path,
                                    labels.NUM_CLASSES, NUM_CODES)
     if counts[..., _CODE_OTHER].any() or ignored[_CODE_OTHER]:
         odd = sorted(int(v) for v in np.unique(pred[codes == _CODE_OTHER]))
-        raise DataError(f"{pred_path}: values {odd[:10]} are neither labelIds (0-33) nor trainIds (0-18, 255)")
+        raise DataError(f"{pred_path}: values {odd[:10]} are neither labelIds (0-33) "
+                        "nor trainIds (0-18, 255)")
     return counts, ignored, resized
 
 

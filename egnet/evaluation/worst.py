@@ -58,7 +58,8 @@ class WorstImages:
         self.images: list[dict[str, Any]] = []
         self._heap: list[tuple[float, int, str, dict[str, np.ndarray]]] = []  # (-mIoU, seq, stem, panels)
 
-    def add(self, stem: str, image: np.ndarray, target: Any, pred: Any, exposure: Any = None) -> dict[str, Any]:
+    def add(self, stem: str, image: np.ndarray, target: Any, pred: Any,
+            exposure: Any = None) -> dict[str, Any]:
         """Score one image: ``image`` HxWx3 uint8 RGB, ``target``/``pred`` HxW trainIds, ``exposure``
         the predicted HxW V map in [0, 1] (or None). Returns its per_image.json entry."""
         scores = image_scores(pred, target, self.num_classes)
@@ -71,7 +72,8 @@ class WorstImages:
         panels = {"input": _shrink(image), "gt": colorize(_shrink(as_np(target).astype(np.uint8), True)),
                   "pred": colorize(_shrink(as_np(pred).astype(np.uint8), True))}
         if exposure is not None:
-            panels["exposure"] = _shrink((np.clip(as_np(exposure).astype(np.float32), 0, 1) * 255).astype(np.uint8))
+            panels["exposure"] = _shrink(
+                (np.clip(as_np(exposure).astype(np.float32), 0, 1) * 255).astype(np.uint8))
         item = (-miou, len(self.images), stem, panels)
         if len(self._heap) < self.k:
             heapq.heappush(self._heap, item)

@@ -144,7 +144,8 @@ def load_backbone_state(target: nn.Module, state: Mapping[str, torch.Tensor], ar
             f"{what} {len(keys)} keys (e.g. {', '.join(keys[:3])})"
             for what, keys in (("missing", missing), ("unexpected", unexpected)) if keys
         )
-        raise ConfigError(f"model.backbone_weights: {source} is not a torchvision {arch} state_dict: {detail}")
+        raise ConfigError(f"model.backbone_weights: {source} is not a torchvision {arch} state_dict: "
+                          f"{detail}")
     wrong = [k for k, shape in expected.items() if tuple(given[k].shape) != tuple(shape)]
     if wrong:
         k = wrong[0]

@@ -44,6 +44,7 @@ def build_baseline(cfg: ModelConfig) -> TorchvisionSegmentation:
             "%s is ResNet-101 at output stride 8; model.backbone=%s, model.output_stride=%s are not used",
             cfg.variant, cfg.backbone, cfg.output_stride,
         )
-    model = BASELINES[cfg.variant](weights=None, weights_backbone=None, num_classes=cfg.num_classes, aux_loss=False)
+    model = BASELINES[cfg.variant](weights=None, weights_backbone=None, num_classes=cfg.num_classes,
+                                   aux_loss=False)
     load_backbone_weights(model.backbone, cfg.backbone_weights, "resnet101")
     return TorchvisionSegmentation(cfg.variant, model)

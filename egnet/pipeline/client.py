@@ -46,7 +46,8 @@ def check_reachable(host: str, timeout_s: float = 10.0, token: str | None = None
     except urllib.error.HTTPError as exc:
         if exc.code in (401, 403):
             raise ConfigError(f"KFP at {host}: HTTP {exc.code} (set ${TOKEN_ENV} to a valid token)") from None
-        raise ConfigError(f"KFP at {host}: {HEALTHZ} answered HTTP {exc.code}; is this the KFP API?") from None
+        raise ConfigError(f"KFP at {host}: {HEALTHZ} answered HTTP {exc.code}; "
+                          "is this the KFP API?") from None
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
         raise ConfigError(f"KFP at {host} is not reachable ({reason}); "
@@ -122,7 +123,8 @@ def parse_params(items: list[str] | None, types: dict[str, str]) -> dict[str, An
         if not sep or not name:
             raise ConfigError(f"--param {item!r}: expected NAME=VALUE")
         if name not in types:
-            raise ConfigError(f"--param {name}: not a parameter of the pipeline (known: {', '.join(sorted(types))})")
+            raise ConfigError(f"--param {name}: not a parameter of the pipeline "
+                              f"(known: {', '.join(sorted(types))})")
         out[name] = _typed(name, raw, types[name])
     return out
 
@@ -155,7 +157,8 @@ def _api_error(what: str, exc: Exception) -> DataError:
             detail = json.loads(body).get("message") or json.loads(body).get("error_message") or ""
         except (ValueError, AttributeError):
             detail = str(body)[:200]
-    return DataError(f"KFP {what} failed: HTTP {status} {detail}".rstrip() if status else f"KFP {what} failed: {exc}")
+    return DataError(f"KFP {what} failed: HTTP {status} {detail}".rstrip() if status
+                     else f"KFP {what} failed: {exc}")
 
 
 def version_name(name: str, package: str | Path, now: datetime | None = None) -> str:
@@ -171,7 +174,8 @@ def upload(client: Any, package: str | Path, name: str, description: str = "") -
     try:
         pipeline_id = client.get_pipeline_id(name)
         if pipeline_id is None:
-            pipeline = client.upload_pipeline(str(package), pipeline_name=name, description=description or None)
+            pipeline = client.upload_pipeline(str(package), pipeline_name=name,
+                                              description=description or None)
             pipeline_id = pipeline.pipeline_id
             versions = client.list_pipeline_versions(pipeline_id, page_size=1, sort_by="created_at desc")
             version = (versions.pipeline_versions or [None])[0]
@@ -193,7 +197,8 @@ def _experiment_id(client: Any, experiment: str, namespace: str | None) -> str:
 
 
 def submit(client: Any, package: str | Path, *, name: str, experiment: str, params: dict[str, Any],
-           run_name: str | None = None, namespace: str | None = None, description: str = "") -> dict[str, Any]:
+           run_name: str | None = None, namespace: str | None = None,
+           description: str = "") -> dict[str, Any]:
     """Upload and start one run; returns ids and the run's UI link."""
     up = upload(client, package, name, description)
     exp_id = _experiment_id(client, experiment, namespace)
@@ -204,7 +209,8 @@ def submit(client: Any, package: str | Path, *, name: str, experiment: str, para
     except _transport_errors() as exc:
         raise _api_error(f"run creation in {experiment}", exc) from None
     return {"pipeline_id": up.pipeline_id, "version_id": up.version_id, "version_name": up.version_name,
-            "new_pipeline": up.new_pipeline, "experiment_id": exp_id, "run_id": run.run_id, "run_name": run_name}
+            "new_pipeline": up.new_pipeline, "experiment_id": exp_id, "run_id": run.run_id,
+            "run_name": run_name}
 
 
 def check_cron(cron: str) -> str:
@@ -216,8 +222,9 @@ def check_cron(cron: str) -> str:
     return " ".join(fields)
 
 
-def schedule(client: Any, package: str | Path, *, name: str, experiment: str, cron: str, params: dict[str, Any],
-             job_name: str | None = None, namespace: str | None = None, description: str = "") -> dict[str, Any]:
+def schedule(client: Any, package: str | Path, *, name: str, experiment: str, cron: str,
+             params: dict[str, Any], job_name: str | None = None, namespace: str | None = None,
+             description: str = "") -> dict[str, Any]:
     """Upload and create a recurring run: ``max_concurrency=1``, no catch-up of missed slots."""
     cron = check_cron(cron)
     up = upload(client, package, name, description)
@@ -231,4 +238,5 @@ def schedule(client: Any, package: str | Path, *, name: str, experiment: str, cr
     except _transport_errors() as exc:
         raise _api_error(f"recurring run creation in {experiment}", exc) from None
     return {"pipeline_id": up.pipeline_id, "version_id": up.version_id, "version_name": up.version_name,
-            "experiment_id": exp_id, "recurring_run_id": rec.recurring_run_id, "job_name": job_name, "cron": cron}
+            "experiment_id": exp_id, "recurring_run_id": rec.recurring_run_id, "job_name": job_name,
+            "cron": cron}

@@ -70,7 +70,8 @@ def _local_data(args: argparse.Namespace, cfg: Config, work: Path) -> Path:
         w, h = d.image_size
         print(f"==> synthetic NightCity-format data ({d.synth_num} scenes, {w}x{h}) -> {data}", flush=True)
         s = synthesize(data, d.synth_num, d.synth_seed, (w, h), d.synth_val_fraction, d.workers)
-        print(f"synth: {s['num']} scenes (train {s['train']}, val {s['val']}) in {s['seconds']:.1f} s", flush=True)
+        print(f"synth: {s['num']} scenes (train {s['train']}, val {s['val']}) in {s['seconds']:.1f} s",
+              flush=True)
     return data.resolve()
 
 
@@ -96,7 +97,8 @@ def local_summary(outputs: dict[str, Any], cfg: Config, data: Path, uri: str, wa
         f"MLflow run      {reg['run_id']}",
         f"model version   {reg['name']} v{reg['version']} ({', '.join(mine) or 'no alias'})"
         + (f"; {others}" if others else ""),
-        f"gate            {'passed: promoted to champion' if decision == 'promote' else 'refused: champion kept'}",
+        "gate            "
+        f"{'passed: promoted to champion' if decision == 'promote' else 'refused: champion kept'}",
         f"pipeline        {wall_s / 60:.1f} min, outputs under {Path(evaluation.path).parents[1]}",
         f"look            mlflow ui --backend-store-uri {uri}",
     ]
@@ -105,8 +107,8 @@ def local_summary(outputs: dict[str, Any], cfg: Config, data: Path, uri: str, wa
 
 def run_local(args: argparse.Namespace) -> int:
     if not args.local:
-        raise ConfigError("egnet pipeline run: only --local runs here; use `egnet pipeline submit --host URL` "
-                          "for a Kubeflow Pipelines server")
+        raise ConfigError("egnet pipeline run: only --local runs here; "
+                          "use `egnet pipeline submit --host URL` for a Kubeflow Pipelines server")
     from kfp import local
 
     from egnet.pipeline.client import parameter_types, parse_params
@@ -141,7 +143,8 @@ def run_local(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     try:
         task = pipeline(**arguments)
-    except RuntimeError as exc:  # kfp.local: "Pipeline ... finished with status FAILURE. Inner task failed: ..."
+    except RuntimeError as exc:
+        # kfp.local: "Pipeline ... finished with status FAILURE. Inner task failed: ..."
         what = re.sub(r"\x1b\[[0-9;]*m", "", str(exc).splitlines()[0])   # kfp colours task names
         raise DataError(f"local pipeline run failed (the step's log is above): {what}") from None
     print(local_summary(task.outputs, cfg, data, uri, time.perf_counter() - t0))
@@ -155,7 +158,8 @@ def run_main(args: argparse.Namespace, cfg: Config) -> int:
 # --------------------------------------------------------------------------- submit / schedule
 
 
-def _remote(args: argparse.Namespace, cfg: Config) -> tuple[Any, Path, dict[str, Any], tempfile.TemporaryDirectory]:
+def _remote(args: argparse.Namespace,
+            cfg: Config) -> tuple[Any, Path, dict[str, Any], tempfile.TemporaryDirectory]:
     """Client, compiled package (a temp copy unless --package), and the typed run parameters."""
     from egnet.pipeline.client import kfp_client, parameter_types, parse_params
 
@@ -180,11 +184,13 @@ def submit_main(args: argparse.Namespace, cfg: Config) -> int:
 
     client, package, params, tmp = _remote(args, cfg)
     with tmp:
-        res = submit(client, package, name=cfg.pipeline.name, experiment=args.experiment or cfg.tracking.experiment,
+        res = submit(client, package, name=cfg.pipeline.name,
+                     experiment=args.experiment or cfg.tracking.experiment,
                      params=params, run_name=args.run_name, namespace=args.namespace)
     what = "new pipeline" if res["new_pipeline"] else "new version"
     print(f"uploaded {cfg.pipeline.name} ({what} {res['version_name']}); run {res['run_id']} started in "
-          f"experiment {args.experiment or cfg.tracking.experiment}: {args.host.rstrip('/')}/#/runs/details/{res['run_id']}")
+          f"experiment {args.experiment or cfg.tracking.experiment}: "
+          f"{args.host.rstrip('/')}/#/runs/details/{res['run_id']}")
     return 0
 
 
@@ -194,8 +200,9 @@ def schedule_main(args: argparse.Namespace, cfg: Config) -> int:
     check_cron(args.cron)  # before any network call
     client, package, params, tmp = _remote(args, cfg)
     with tmp:
-        res = schedule(client, package, name=cfg.pipeline.name, experiment=args.experiment or cfg.tracking.experiment,
-                       cron=args.cron, params=params, job_name=args.run_name, namespace=args.namespace)
+        res = schedule(client, package, name=cfg.pipeline.name,
+                       experiment=args.experiment or cfg.tracking.experiment, cron=args.cron,
+                       params=params, job_name=args.run_name, namespace=args.namespace)
     print(f"scheduled {cfg.pipeline.name} ({res['version_name']}) with cron \"{res['cron']}\" "
           f"(max 1 at a time, no catch-up): recurring run {res['recurring_run_id']}")
     return 0

@@ -54,7 +54,8 @@ def job_state(obj: dict[str, Any]) -> JobState:
                            ("active", "ready", "succeeded", "failed") if j.get(k)) for j in jobs)
         running = any(j.get("active") or j.get("ready") for j in jobs)
         return JobState("running" if running else "pending", counts)
-    return JobState("pending", _describe(conds["Created"]) if "Created" in conds else "waiting for the controller")
+    return JobState("pending",
+                    _describe(conds["Created"]) if "Created" in conds else "waiting for the controller")
 
 
 # --------------------------------------------------------------------------- client
@@ -150,7 +151,8 @@ class TrainingJobs:
             if obj:
                 state = job_state(obj)
                 if state != last:
-                    log(f"{self._where(name)}: {state.phase}" + (f" ({state.detail})" if state.detail else ""))
+                    log(f"{self._where(name)}: {state.phase}"
+                        + (f" ({state.detail})" if state.detail else ""))
                     last = state
                 if state.phase == "succeeded":
                     return state
@@ -196,6 +198,7 @@ def run_job(jobs: TrainingJobs, manifest: dict[str, Any], *, timeout_s: float, p
     finally:
         if cleanup == "always" or (cleanup == "on_success" and ok):
             try:
-                log(f"deleted {jobs._where(name)}" if jobs.delete(name) else f"{jobs._where(name)} already gone")
+                log(f"deleted {jobs._where(name)}" if jobs.delete(name)
+                    else f"{jobs._where(name)} already gone")
             except DataError as exc:
                 log(f"cleanup: {exc}; delete it by hand")

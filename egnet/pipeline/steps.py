@@ -124,7 +124,8 @@ def materialise_data(data_repo: str, data_rev: str, data_repo_path: str, data_pa
         if _is_commit(data_rev) and fetched.get("rev") == data_rev:
             print(f"reusing {root} ({data_repo}@{data_rev})")
         else:
-            print(f"fetching {data_repo_path} of {data_repo}@{data_rev or 'default branch'} into {root}", flush=True)
+            print(f"fetching {data_repo_path} of {data_repo}@{data_rev or 'default branch'} into {root}",
+                  flush=True)
             versioning.materialise(data_repo, data_rev or None, data_repo_path, out=root)
         source = {"repo": data_repo, "rev": data_rev, "path": data_repo_path}
     else:
@@ -160,7 +161,8 @@ def stats_page(stats_dir: str | Path) -> str:
     from egnet.core.html import simple_page
 
     out = Path(stats_dir)
-    return simple_page("NightCity statistics", (out / "stats.json").read_text()[:20000], sorted(out.glob("*.png")))
+    return simple_page("NightCity statistics", (out / "stats.json").read_text()[:20000],
+                       sorted(out.glob("*.png")))
 
 
 def write_text(artifact: Any, text: str) -> None:
@@ -226,11 +228,13 @@ def train_location(train_out: str, job: str, model_dir: str) -> str:
     return f"{out.rstrip('/')}/{job}"
 
 
-def _stage_on_pvc(split_dir: str, quarantine: str | None, data: str, job: str, data_mount: str) -> tuple[str, str | None]:
+def _stage_on_pvc(split_dir: str, quarantine: str | None, data: str, job: str,
+                  data_mount: str) -> tuple[str, str | None]:
     """Copy the split lists (and quarantine) where the training pods can read them: the PVC."""
     mount = Path(data_mount)
     if not Path(data).resolve().is_relative_to(mount.resolve()):
-        raise ConfigError(f"multi-node training reads the data from the PVC at {data_mount}; {data} is not on it")
+        raise ConfigError(f"multi-node training reads the data from the PVC at {data_mount}; "
+                          f"{data} is not on it")
     stage = mount / "runs" / job
     shutil.copytree(split_dir, stage / "split", dirs_exist_ok=True)
     q = None
@@ -240,10 +244,10 @@ def _stage_on_pvc(split_dir: str, quarantine: str | None, data: str, job: str, d
     return str(stage / "split"), q
 
 
-def run_training(*, data: str, split: str, quarantine: str | None, model_dir: str, nodes: int, gpus_per_node: int,
-               image: str, train_out: str, run_id: str, job_kind: str, cluster: dict[str, Any],
-               config: list[str], run: Runner, mlflow_uri: str = "",
-               jobs_factory: Callable[[str], Any] | None = None) -> dict[str, Any]:
+def run_training(*, data: str, split: str, quarantine: str | None, model_dir: str, nodes: int,
+                 gpus_per_node: int, image: str, train_out: str, run_id: str, job_kind: str,
+                 cluster: dict[str, Any], config: list[str], run: Runner, mlflow_uri: str = "",
+                 jobs_factory: Callable[[str], Any] | None = None) -> dict[str, Any]:
     """Train in this process (one GPU or CPU), under ``torchrun`` in this pod (one node, N
     GPUs), or as a TrainJob/PyTorchJob of ``nodes`` pods; then put model.pt, mlflow_run_id and
     train_summary.json into ``model_dir``. Returns the train summary.
@@ -266,8 +270,9 @@ def run_training(*, data: str, split: str, quarantine: str | None, model_dir: st
         if not out.startswith("s3://"):
             raise ConfigError(f"nodes={nodes}: train_out must be s3://... (shared by the nodes), got {out!r}")
         split_pvc, q_pvc = _stage_on_pvc(split, quarantine, data, job, cluster["data_mount"])
-        spec = trainjob.JobSpec.from_cluster(cluster, name=job, image=image, nodes=nodes, gpus_per_node=gpus_per_node,
-                                             args=argv(split_pvc, q_pvc)[1:], run_id=run_id, mlflow_uri=mlflow_uri)
+        spec = trainjob.JobSpec.from_cluster(cluster, name=job, image=image, nodes=nodes,
+                                             gpus_per_node=gpus_per_node, args=argv(split_pvc, q_pvc)[1:],
+                                             run_id=run_id, mlflow_uri=mlflow_uri)
         jobs = (jobs_factory or (lambda kind: TrainingJobs.in_cluster(kind)))(job_kind)
         run_job(jobs, trainjob.build(job_kind, spec), timeout_s=float(cluster["wait_timeout_s"]),
                          poll_s=float(cluster["poll_s"]), cleanup=cluster["cleanup"])

@@ -75,9 +75,10 @@ class JobSpec:
         """The spec from the compile-time ``pipeline`` params (``cluster``: the keys the pipeline
         passes the train step); ``run_id`` labels the job with the KFP run."""
         c = cluster
-        selector = {c["gpu_node_selector_key"]: c["gpu_node_selector_value"]} if c["gpu_node_selector_key"] else {}
-        tolerations = [toleration(c["gpu_toleration_key"], c["gpu_toleration_value"], c["gpu_toleration_effect"])
-                       ] if c["gpu_toleration_key"] else []
+        selector = ({c["gpu_node_selector_key"]: c["gpu_node_selector_value"]}
+                    if c["gpu_node_selector_key"] else {})
+        tolerations = [toleration(c["gpu_toleration_key"], c["gpu_toleration_value"],
+                                  c["gpu_toleration_effect"])] if c["gpu_toleration_key"] else []
         return cls(
             name=name, image=image, nodes=nodes, gpus_per_node=gpus_per_node, args=args,
             env=pod_env(c["endpoints_configmap"], c["s3_secret"], c["mlflow_secret"], mlflow_uri),
@@ -172,7 +173,8 @@ def _check(spec: JobSpec) -> None:
         raise ConfigError(f"training job {spec.name}: nodes ({spec.nodes}) and gpus_per_node "
                           f"({spec.gpus_per_node}) must be at least 1")
     if len(spec.name) > 63 or not spec.name[:1].isalpha():
-        raise ConfigError(f"training job name {spec.name!r}: a DNS label of <= 63 characters starting with a letter")
+        raise ConfigError(f"training job name {spec.name!r}: "
+                          "a DNS label of <= 63 characters starting with a letter")
 
 
 def build_trainjob(spec: JobSpec) -> dict[str, Any]:
@@ -185,7 +187,8 @@ def build_trainjob(spec: JobSpec) -> dict[str, Any]:
         "tolerations": [dict(t) for t in spec.tolerations],
         "volumes": _volumes(spec),
         # the runtime's trainer container; image/command/args/env/resources come from spec.trainer
-        "containers": [{"name": "node", "securityContext": _container_security(), "volumeMounts": _mounts(spec)}],
+        "containers": [{"name": "node", "securityContext": _container_security(),
+                        "volumeMounts": _mounts(spec)}],
     }
     return {
         "apiVersion": f"{TRAINJOB['group']}/{TRAINJOB['version']}",
@@ -209,7 +212,8 @@ def build_trainjob(spec: JobSpec) -> dict[str, Any]:
                 "manager": PATCH_MANAGER,
                 "trainingRuntimeSpec": {"template": {"spec": {"replicatedJobs": [{
                     "name": "node",   # the runtime's trainer job
-                    "template": {"spec": {"template": {"metadata": {"labels": _pod_labels()}, "spec": pod_spec}}},
+                    "template": {"spec": {"template": {"metadata": {"labels": _pod_labels()},
+                                                       "spec": pod_spec}}},
                 }]}}},
             }],
         },

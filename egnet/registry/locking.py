@@ -6,9 +6,9 @@ their reach). So ``egnet register`` (find-or-create of a run's version) and
 ``egnet promote`` (decide + move aliases) take a lock named by a URI:
 
     ""                           no lock: one writer at a time is the operator's job
-    file:///path/x.lock, /path   ``flock`` on that file (the ``filelock`` package): processes of one host, or a share
-                                 with working POSIX locks. The kernel drops the lock when
-                                 its holder dies, so there is never a stale lock.
+    file:///path/x.lock, /path   ``flock`` on that file (the ``filelock`` package): processes
+                                 of one host, or a share with working POSIX locks. The kernel
+                                 drops the lock when its holder dies, so there is never a stale lock.
     s3://bucket/key              a lease object made by a conditional PUT
                                  (``If-None-Match: *``): pods of a cluster sharing a bucket
                                  (AWS S3, MinIO, Ceph RGW with conditional writes)
@@ -256,8 +256,8 @@ class S3Lease:
                 break
             if time.monotonic() >= deadline:
                 got = self._get()
-                holder = f"{got[0].get('owner')} ({got[0].get('what')}) since {_utc(got[0].get('acquired_at'))}" \
-                    if got else "someone"
+                holder = (f"{got[0].get('owner')} ({got[0].get('what')}) "
+                          f"since {_utc(got[0].get('acquired_at'))}" if got else "someone")
                 raise LockTimeout(f"registry lock {self.spec.uri}: held by {holder}; gave up after "
                                   f"{self.spec.timeout_s:.0f} s")
             if not warned:
@@ -279,7 +279,8 @@ class S3Lease:
                 log.warning("%s (will retry)", exc)
                 continue
             if etag is None:
-                log.warning("registry lock %s: our lease was taken over (held past its expiry?)", self.spec.uri)
+                log.warning("registry lock %s: our lease was taken over (held past its expiry?)",
+                            self.spec.uri)
                 self.etag = None
                 return
             self.etag = etag

@@ -110,7 +110,8 @@ def move_champion(client: Any, name: str, new: str, expect_champion: str | None)
         raise EgnetError(f"{name}: concurrent alias update detected (champion and previous-champion were "
                          f"both v{after[CHAMPION]}); previous-champion removed, check `egnet models`")
     if after.get(CHAMPION) != new:
-        raise EgnetError(f"{name}: concurrent alias update detected: champion is v{after.get(CHAMPION)}, not v{new}")
+        raise EgnetError(f"{name}: concurrent alias update detected: "
+                         f"champion is v{after.get(CHAMPION)}, not v{new}")
     return old
 
 
@@ -147,7 +148,8 @@ def _promote(client: Any, name: str, cfg: Config, version: str | None, dry_run: 
     aliases = aliases_of(client, name)
     cand_v = str(version) if version else aliases.get(CHALLENGER)
     if cand_v is None:
-        raise ConfigError(f"{name}: no --version given and no '{CHALLENGER}' alias (run `egnet register` first)")
+        raise ConfigError(f"{name}: no --version given and no '{CHALLENGER}' alias "
+                          "(run `egnet register` first)")
     from mlflow.exceptions import MlflowException
 
     try:
@@ -165,13 +167,15 @@ def _promote(client: Any, name: str, cfg: Config, version: str | None, dry_run: 
     print(format_gate(rows, f"v{cand_v}", f"v{champ_v}" if champ_v else None))
     decision = {
         "action": "promote", "candidate": cand_v, "champion_before": champ_v,
-        "candidate_metrics": cand_m, "champion_metrics": champ_m, "passed": passed, "forced": force and not passed,
+        "candidate_metrics": cand_m, "champion_metrics": champ_m, "passed": passed,
+        "forced": force and not passed,
         "rule": {"min_delta_miou": cfg.register.min_delta_miou, "max_mef1_drop": cfg.register.max_mef1_drop},
         "by": _who(), "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     verdict = "passes" if passed else ("refused, promoting anyway (--force)" if force else "refused")
     if dry_run:
-        print(f"dry run: v{cand_v} {'would be promoted' if passed or force else 'would be refused'}; nothing changed")
+        print(f"dry run: v{cand_v} {'would be promoted' if passed or force else 'would be refused'}; "
+              "nothing changed")
         if not passed and not force:
             raise GateRefused(f"{name} v{cand_v}: gate would refuse (see table)")
         return 0

@@ -60,7 +60,8 @@ def find_logged_model(client: Any, run: Any) -> Any | None:
     # status filtered here: the store's `status = 'READY'` filter matches nothing in MLflow 3.17
     ready = [m for m in found if str(getattr(m.status, "value", m.status)) == "READY"]
     for lm in sorted(ready, key=lambda m: m.creation_timestamp):
-        files = mlflow.artifacts.list_artifacts(artifact_uri=f"{lm.artifact_location.rstrip('/')}/extra_files")
+        files = mlflow.artifacts.list_artifacts(
+            artifact_uri=f"{lm.artifact_location.rstrip('/')}/extra_files")
         if any(f.path.endswith(CHECKPOINT_EXTRA_FILE) for f in files):
             return lm
     return None
@@ -114,7 +115,8 @@ def log_model(run_id: str, checkpoint: Path, serialization_format: str = "pt2") 
             except Exception as exc:  # torch.export cannot trace every model
                 if serialization_format != "pt2":
                     raise
-                log.warning("torch.export failed (%s); logging the model pickled", str(exc).splitlines()[0][:160])
+                log.warning("torch.export failed (%s); logging the model pickled",
+                            str(exc).splitlines()[0][:160])
                 info = log("pickle")
     return info.model_id
 
@@ -135,9 +137,9 @@ def describe(run: Any, evaluation: dict[str, Any], model_cfg: dict[str, Any]) ->
     return (f"EGNet {model_cfg.get('variant')}/{model_cfg.get('backbone')} from run {run.info.run_id} "
             f"(git {t.get('git_commit', 'unknown')[:12]}, data {t.get('data_version', 'unknown')}). "
             f"Test mIoU {evaluation['mIoU']:.4f}, mEF1 {evaluation['mEF1']:.4f} on "
-            f"{evaluation.get('num_images')} images, paper protocol (infer {w}x{h}, logits resized to the label "
-            "size). Load: `egnet predict --model models:/NAME/VERSION` (weights-only checkpoint in "
-            "extra_files/egnet-checkpoint.pt).")
+            f"{evaluation.get('num_images')} images, paper protocol (infer {w}x{h}, "
+            "logits resized to the label size). Load: `egnet predict --model models:/NAME/VERSION` "
+            "(weights-only checkpoint in extra_files/egnet-checkpoint.pt).")
 
 
 @dataclass(frozen=True)
@@ -150,7 +152,8 @@ class Registration:
     aliases: tuple[str, ...]
 
     def to_dict(self) -> dict[str, Any]:
-        return {**self.__dict__, "aliases": list(self.aliases), "model_uri": f"models:/{self.name}/{self.version}"}
+        return {**self.__dict__, "aliases": list(self.aliases),
+                "model_uri": f"models:/{self.name}/{self.version}"}
 
 
 def _train_dir_files(train_dir: str) -> tuple[str, Any]:
@@ -167,8 +170,8 @@ def _evaluation(eval_dir: Path, run_id: str) -> tuple[dict[str, Any], dict[str, 
     doc = read_json(eval_dir / "metrics.json", "evaluation metrics")
     source = read_json(eval_dir / "model_source.json", "evaluation model source")
     if source.get("run_id") != run_id:
-        raise DataError(f"{eval_dir}/model_source.json: evaluated run {source.get('run_id')!r}, not the train "
-                        f"dir's run {run_id!r}; evaluate this train dir first")
+        raise DataError(f"{eval_dir}/model_source.json: evaluated run {source.get('run_id')!r}, "
+                        f"not the train dir's run {run_id!r}; evaluate this train dir first")
     for key in ("mIoU", "mEF1"):
         if not isinstance(doc.get(key), (int, float)):
             raise DataError(f"{eval_dir}/metrics.json: '{key}' missing or not a number")
@@ -205,7 +208,8 @@ def register(client: Any, name: str, train_dir: str, eval_dir: Path,
         if mv is None:
             lm = find_logged_model(client, run)
             if lm is None:
-                raise DataError(f"run {run_id}: its logged model '{MODEL_ARTIFACT}' disappeared while registering")
+                raise DataError(f"run {run_id}: its logged model '{MODEL_ARTIFACT}' "
+                                "disappeared while registering")
             mv = mlflow.register_model(f"models:/{lm.model_id}", name, tags=tags)
             created = True
         for key, value in tags.items():  # idempotent: completes a run that stopped half-way
@@ -227,9 +231,11 @@ def register_main(args: argparse.Namespace, cfg: Config) -> int:
                        cfg.register.serialization_format, lock_spec(cfg))
     if reg.created:
         how = "logged and registered" if reg.logged else "registered the run's logged model as"
-        print(f"{how} {name} version {reg.version} (run {reg.run_id}); aliases: {', '.join(reg.aliases) or '-'}")
+        print(f"{how} {name} version {reg.version} (run {reg.run_id}); "
+              f"aliases: {', '.join(reg.aliases) or '-'}")
     else:
-        print(f"run {reg.run_id} is already {name} version {reg.version}; aliases: {', '.join(reg.aliases) or '-'}")
+        print(f"run {reg.run_id} is already {name} version {reg.version}; "
+              f"aliases: {', '.join(reg.aliases) or '-'}")
     if getattr(args, "out", None):
         write_json(args.out, reg.to_dict())
     return 0

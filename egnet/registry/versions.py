@@ -20,7 +20,8 @@ def aliases_of(client: Any, name: str) -> dict[str, str]:
         return {a: str(v) for a, v in client.get_registered_model(name).aliases.items()}
     except MlflowException as exc:
         if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
-            raise ConfigError(f"registered model '{name}' does not exist (run `egnet register` first)") from None
+            raise ConfigError(f"registered model '{name}' does not exist "
+                              "(run `egnet register` first)") from None
         raise
 
 
@@ -51,7 +52,8 @@ def version_rows(client: Any, name: str) -> list[tuple[str, ...]]:
     rows = [("version", "aliases", "test mIoU", "test mEF1", "data version", "created (UTC)", "run")]
     for mv in versions:
         m = version_metrics(client, mv)
-        created = datetime.fromtimestamp(mv.creation_timestamp / 1000, timezone.utc).strftime("%Y-%m-%d %H:%M")
+        created = datetime.fromtimestamp(mv.creation_timestamp / 1000,
+                                         timezone.utc).strftime("%Y-%m-%d %H:%M")
         rows.append((str(mv.version), ",".join(sorted(by_version.get(str(mv.version), []))) or "-",
                      fmt(m["mIoU"]), fmt(m["mEF1"]), (mv.tags or {}).get("data_version", "-"), created,
                      mv.run_id or "-"))

@@ -38,7 +38,8 @@ def _registry_run(client: Any, spec: str) -> tuple[str, dict[str, Any]]:
     except ConfigError as exc:
         raise ConfigError(str(exc).replace("--model", "--reference", 1)) from None
     try:
-        mv = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, version)
+        mv = (client.get_model_version_by_alias(name, alias) if alias
+              else client.get_model_version(name, version))
     except MlflowException as exc:
         what = f"alias '{alias}'" if alias else f"version {version}"
         raise ReferenceMissing(f"--reference {spec}: registered model '{name}' has no {what} "
@@ -60,15 +61,17 @@ def _run_stats(client: Any, run_id: str, spec: str, dst: Path) -> tuple[Path, st
     for artifact in REFERENCE_ARTIFACTS:
         folder, _, fname = artifact.rpartition("/")
         if any(f.path == artifact for f in client.list_artifacts(run_id, folder)):
-            local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact, dst_path=str(dst),
+            local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact,
+                                                        dst_path=str(dst),
                                                         tracking_uri=mlflow.get_tracking_uri())
             return Path(local), f"runs:/{run_id}/{artifact}"
     named = run.data.tags.get(REFERENCE_TAG) or run.data.params.get(REFERENCE_TAG)
     if named:
         return reference_file(named, dst, f"--reference {spec} (run tag {REFERENCE_TAG})"), named
-    raise DataError(f"--reference {spec}: run {run_id} has no {' or '.join(REFERENCE_ARTIFACTS)} artifact and no "
-                    f"'{REFERENCE_TAG}' tag; log the training data's stats.json into it "
-                    "(`egnet train --stats DIR` or egnet.tracking.runs.log_data_stats) or pass the stats.json itself")
+    raise DataError(f"--reference {spec}: run {run_id} has no {' or '.join(REFERENCE_ARTIFACTS)} artifact "
+                    f"and no '{REFERENCE_TAG}' tag; log the training data's stats.json into it "
+                    "(`egnet train --stats DIR` or egnet.tracking.runs.log_data_stats) "
+                    "or pass the stats.json itself")
 
 
 def resolve_reference(spec: str, cfg: Config) -> Reference:

@@ -189,9 +189,9 @@ class RunLogger:
             gap = self.gaps[-1]
             gap.update(to=_utc_now(), to_iteration=max(steps, default=None), values_delayed=pending,
                        values_dropped=self.dropped - gap["_dropped0"])
-            log.warning("MLflow logging is back after %.0f s: %d buffered metric value(s) of iterations %s-%s "
-                        "sent late%s", time.monotonic() - gap["_t0"], pending, gap["from_iteration"],
-                        gap["to_iteration"],
+            log.warning("MLflow logging is back after %.0f s: %d buffered metric value(s) "
+                        "of iterations %s-%s sent late%s", time.monotonic() - gap["_t0"], pending,
+                        gap["from_iteration"], gap["to_iteration"],
                         f", {gap['values_dropped']} dropped (buffer full)" if gap["values_dropped"] else "")
         self._failing = False
         self._backoff = self._backoff0
@@ -219,7 +219,8 @@ class RunLogger:
             if not final or time.monotonic() >= deadline:
                 break
             if self._buffer:
-                log.warning("MLflow still unreachable; retrying for up to %.0f s", deadline - time.monotonic())
+                log.warning("MLflow still unreachable; retrying for up to %.0f s",
+                            deadline - time.monotonic())
             time.sleep(min(5.0, max(deadline - time.monotonic(), 0.0)))
         if final and self._buffer:
             log.warning("MLflow unreachable at the end: %d metric value(s) not logged", len(self._buffer))

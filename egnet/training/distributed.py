@@ -140,7 +140,8 @@ class CpuSyncBatchNorm(nn.BatchNorm2d):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        if not (self.training and dist.is_available() and dist.is_initialized()
+                and dist.get_world_size() > 1):
             return super().forward(x)
         c, n = x.shape[1], x.numel() // x.shape[1]
         dims, shape = [0, 2, 3], (1, -1, 1, 1)

@@ -99,8 +99,10 @@ class Run:
         if flags["channels_last"]:
             model = model.to(memory_format=torch.channels_last)
         model.train()
-        optimizer = torch.optim.SGD(model.parameters(), lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
-        scheduler = torch.optim.lr_scheduler.PolynomialLR(optimizer, total_iters=t.iterations, power=t.poly_power)
+        optimizer = torch.optim.SGD(model.parameters(), lr=t.lr, momentum=t.momentum,
+                                    weight_decay=t.weight_decay)
+        scheduler = torch.optim.lr_scheduler.PolynomialLR(optimizer, total_iters=t.iterations,
+                                                          power=t.poly_power)
         return cls(cfg, info, location, flags, model, optimizer, scheduler, SegExposureLoss(t.alpha, t.beta),
                    train_loader, sampler, val_loader, uri=uri)
 

@@ -74,13 +74,14 @@ class StopFlag:
 def check_training(cfg: Config, source: str = "params") -> None:
     """Checks across sections that only training needs; `egnet train` runs them before any work.
 
-    Not part of load_config (ConfigError naming the key all the same): the data steps must accept a small ``data.image_size`` under
-    the paper profile (crop 300), which only training cannot use.
+    Not part of load_config (ConfigError naming the key all the same): the data steps must accept
+    a small ``data.image_size`` under the paper profile (crop 300), which only training cannot use.
     """
     w, h = cfg.data.image_size
     if cfg.train.crop_size > min(w, h):
         raise ConfigError(f"{source}: 'train.crop_size' = {cfg.train.crop_size}: larger than the images' "
-                          f"shorter side ({min(w, h)} of data.image_size {w}x{h}); crops would be mostly padding")
+                          f"shorter side ({min(w, h)} of data.image_size {w}x{h}); "
+                          "crops would be mostly padding")
 
 
 def train_iterations(run: Run, stop: StopFlag) -> tuple[int, bool]:
@@ -98,7 +99,8 @@ def train_iterations(run: Run, stop: StopFlag) -> tuple[int, bool]:
         for batch in run.train_loader:
             torch.manual_seed(step_seed(t.seed, info.rank, it))
             lr = run.scheduler.get_last_lr()[0]
-            parts = sgd_step(run.net, run.loss_fn, run.optimizer, run.scheduler, batch, info.device, run.flags)
+            parts = sgd_step(run.net, run.loss_fn, run.optimizer, run.scheduler, batch, info.device,
+                             run.flags)
             window.add(parts, (batch["label"] != IGNORE_INDEX).sum().to(info.device, torch.float64), lr)
             it += 1
             if it % t.log_every == 0 or it == t.iterations:
@@ -116,7 +118,8 @@ def train_iterations(run: Run, stop: StopFlag) -> tuple[int, bool]:
 @contextlib.contextmanager
 def _deterministic_setting_kept() -> Iterator[None]:
     """``train.deterministic`` switches torch's global flag; put it back for the caller."""
-    before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+    before = (torch.are_deterministic_algorithms_enabled(),
+              torch.is_deterministic_algorithms_warn_only_enabled())
     try:
         yield
     finally:
@@ -175,7 +178,8 @@ def main(args: Any, cfg: Config) -> int:
     if stop.signum is not None:
         if summary:
             print(f"egnet train: stopped by {signal.Signals(stop.signum).name} at iteration "
-                  f"{summary['iteration']}; checkpoint saved in {Location.from_str(args.out).child(ckpt.CKPT_DIR)}; "
+                  f"{summary['iteration']}; "
+                  f"checkpoint saved in {Location.from_str(args.out).child(ckpt.CKPT_DIR)}; "
                   "run the same command again to resume", file=sys.stderr)
         return 128 + stop.signum
     if summary:

@@ -156,6 +156,7 @@ def main(args: argparse.Namespace, cfg: Config) -> int:
     seed = args.seed if args.seed is not None else cfg.data.synth_seed
     size = tuple(args.size) if args.size is not None else tuple(cfg.data.image_size)
     s = synthesize(args.out, num, seed, size, cfg.data.synth_val_fraction, cfg.data.workers)
-    print(f"synth: {s['num']} scenes (train {s['train']}, val {s['val']}) at {size[0]}x{size[1]}, seed {seed}, "
+    print(f"synth: {s['num']} scenes (train {s['train']}, val {s['val']}) at {size[0]}x{size[1]}, "
+          f"seed {seed}, "
           f"{len(s['classes'])}/{labels.NUM_CLASSES} classes -> {args.out} in {s['seconds']:.1f} s")
     return 0

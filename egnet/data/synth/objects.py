@@ -28,7 +28,8 @@ def _lamp(cv: Canvas, x: float, z: float, side: int, colour, power: float) -> No
     ax = x - side * arm
     cv.poly(cv.face(x, z, [(-0.1, 0), (0.1, 0), (0.07, h), (-0.07, h)]), POLE, metal)
     cv.poly(cv.face(0, z, [(x, h - 0.12), (ax, h + 0.1), (ax, h), (x, h - 0.22)]), POLE, metal)
-    cv.poly(cv.face(ax, z, [(-0.35, h - 0.05), (0.35, h - 0.05), (0.3, h + 0.15), (-0.3, h + 0.15)]), POLE, metal)
+    cv.poly(cv.face(ax, z, [(-0.35, h - 0.05), (0.35, h - 0.05), (0.3, h + 0.15), (-0.3, h + 0.15)]),
+            POLE, metal)
     glass = cv.face(ax, z, circle(12) * (0.28, 0.07) + (0, h - 0.06))
     cv.poly(glass, POLE, (0.8, 0.8, 0.8), emit=np.asarray(colour) * power)
     cv.ground_pool(ax, z, rng.uniform(4, 8), rng.uniform(0.4, 1.2))
@@ -78,7 +79,8 @@ def _bicycle(cv: Canvas, x: float, z: float, rider: bool) -> None:
     rng = cv.rng
     metal = tint(rng, PAINT[rng.integers(0, len(PAINT))])
     thick = max(int(round(0.05 * cv.scale(z))), 1)
-    wheels = [np.round(cv.face(x, z, circle(16) * 0.34 + (u, 0.34)) * 8).astype(np.int32) for u in (-0.55, 0.55)]
+    wheels = [np.round(cv.face(x, z, circle(16) * 0.34 + (u, 0.34)) * 8).astype(np.int32)
+              for u in (-0.55, 0.55)]
     frame = np.round(cv.face(x, z, [(-0.55, 0.34), (-0.1, 0.85), (0.4, 0.85), (0.55, 0.34), (0.05, 0.34),
                                     (-0.1, 0.85)]) * 8).astype(np.int32)
     for img, val in ((cv.label, ID["bicycle"]), (cv.albedo, tuple(float(c) for c in metal)),
@@ -91,7 +93,8 @@ def _bicycle(cv: Canvas, x: float, z: float, rider: bool) -> None:
 def _vehicle(cv: Canvas, x: float, z: float, kind: str, toward: bool) -> None:
     """Car, truck or bus: visible side (if off-axis) then its front or rear face, lights and light pools."""
     rng = cv.rng
-    width, length, height = {"car": (1.8, 4.4, 1.45), "truck": (2.4, 7.5, 3.3), "bus": (2.55, 11.5, 3.1)}[kind]
+    width, length, height = {"car": (1.8, 4.4, 1.45), "truck": (2.4, 7.5, 3.3),
+                             "bus": (2.55, 11.5, 3.1)}[kind]
     label = ID[kind]
     body = tint(rng, PAINT[rng.integers(0, len(PAINT))])
     glass = tint(rng, (0.04, 0.05, 0.06))
@@ -99,8 +102,8 @@ def _vehicle(cv: Canvas, x: float, z: float, kind: str, toward: bool) -> None:
     if abs(x) > hw:
         xs = x - np.sign(x) * hw
         if kind == "car":
-            prof = [(0, 0.25), (0, 0.9), (0.9, 1.0), (1.4, height), (length - 1.1, height), (length - 0.5, 0.95),
-                    (length, 0.9), (length, 0.25)]
+            prof = [(0, 0.25), (0, 0.9), (0.9, 1.0), (1.4, height), (length - 1.1, height),
+                    (length - 0.5, 0.95), (length, 0.9), (length, 0.25)]
             win = [(1.0, 1.0), (1.5, height - 0.07), (length - 1.2, height - 0.07), (length - 0.65, 1.0)]
         else:
             prof = [(0, 0.3), (0, height), (length, height), (length, 0.3)]
@@ -114,19 +117,20 @@ def _vehicle(cv: Canvas, x: float, z: float, kind: str, toward: bool) -> None:
         lit = kind == "bus" and rng.random() < 0.7
         cv.poly(windows, label, glass, emit=np.array(LED) * rng.uniform(0.2, 0.6) if lit else None)
         cv.poly([side(circle(12) * 0.33 + (d, 0.33)) for d in (0.8, length - 0.9)], label, (0.03, 0.03, 0.03))
-    fw = [(-hw, 0.25), (hw, 0.25), (hw + 0.02, 0.85), (hw - 0.05, 0.95), (-hw + 0.05, 0.95), (-hw - 0.02, 0.85)]
+    fw = [(-hw, 0.25), (hw, 0.25), (hw + 0.02, 0.85), (hw - 0.05, 0.95), (-hw + 0.05, 0.95),
+          (-hw - 0.02, 0.85)]
     if kind != "car":
         fw = [(-hw, 0.3), (hw, 0.3), (hw, height), (-hw, height)]
-    cv.poly([cv.face(x, z, [(u, 0), (u + 0.25, 0), (u + 0.25, 0.35), (u, 0.35)]) for u in (-hw + 0.05, hw - 0.3)],
-            label, (0.03, 0.03, 0.03))
+    cv.poly([cv.face(x, z, [(u, 0), (u + 0.25, 0), (u + 0.25, 0.35), (u, 0.35)])
+             for u in (-hw + 0.05, hw - 0.3)], label, (0.03, 0.03, 0.03))
     cv.poly(cv.face(x, z, fw), label, body)
     if kind == "car":
         cv.poly(cv.face(x, z, [(-0.8, 0.95), (0.8, 0.95), (0.62, height), (-0.62, height)]), label, body)
         cv.poly(cv.face(x, z, [(-0.72, 1.0), (0.72, 1.0), (0.57, height - 0.06), (-0.57, height - 0.06)]),
                 label, glass)
     else:
-        cv.poly(cv.face(x, z, [(-hw + 0.1, 1.4), (hw - 0.1, 1.4), (hw - 0.1, height - 0.2), (-hw + 0.1, height - 0.2)]),
-                label, glass)
+        cv.poly(cv.face(x, z, [(-hw + 0.1, 1.4), (hw - 0.1, 1.4), (hw - 0.1, height - 0.2),
+                               (-hw + 0.1, height - 0.2)]), label, glass)
     cv.poly(cv.face(x, z, [(-0.26, 0.4), (0.26, 0.4), (0.26, 0.52), (-0.26, 0.52)]), label, (0.6, 0.6, 0.55))
     if toward:
         power = rng.uniform(3, 9)
@@ -176,12 +180,13 @@ def _sign(cv: Canvas, x: float, z: float) -> None:
 def _traffic_light(cv: Canvas, x: float, z: float, side: int) -> None:
     rng = cv.rng
     h, state = rng.uniform(2.8, 3.8), int(rng.integers(0, 3))
-    cv.poly(cv.face(x, z, [(-0.08, 0), (0.08, 0), (0.08, h + 1.2), (-0.08, h + 1.2)]), POLE, tint(rng, (0.2, 0.2, 0.2)))
+    cv.poly(cv.face(x, z, [(-0.08, 0), (0.08, 0), (0.08, h + 1.2), (-0.08, h + 1.2)]), POLE,
+            tint(rng, (0.2, 0.2, 0.2)))
     heads = [x - side * 0.3]
     if rng.random() < 0.5:   # a second head on an arm over the road
         arm = rng.uniform(2.5, 5.0)
-        cv.poly(cv.face(0, z, [(x, h + 1.05), (x - side * arm, h + 1.05), (x - side * arm, h + 1.15), (x, h + 1.15)]),
-                POLE, (0.2, 0.2, 0.2))
+        cv.poly(cv.face(0, z, [(x, h + 1.05), (x - side * arm, h + 1.05), (x - side * arm, h + 1.15),
+                               (x, h + 1.15)]), POLE, (0.2, 0.2, 0.2))
         heads.append(x - side * arm)
     colours = [(1.0, 0.12, 0.08), (1.0, 0.6, 0.05), (0.1, 1.0, 0.6)]
     for hx in heads:
@@ -208,7 +213,8 @@ def place_objects(cv: Canvas, st: Street) -> list[tuple[float, object]]:
         e, sw = st.edge(side), st.sidewalk[i]
         if rng.random() < 0.9:
             for z in np.arange(rng.uniform(6, 25), z_max, rng.uniform(18, 35)):
-                items.append((z, partial(_lamp, x=side * (e + 0.5), z=z, side=side, colour=lamp_colour, power=power)))
+                items.append((z, partial(_lamp, x=side * (e + 0.5), z=z, side=side, colour=lamp_colour,
+                                         power=power)))
         if rng.random() < 0.6:
             for z in np.arange(rng.uniform(6, 15), min(z_max, 90), rng.uniform(7, 15)):
                 items.append((z, partial(_tree, x=side * (e + sw - 0.8), z=z)))
@@ -217,7 +223,8 @@ def place_objects(cv: Canvas, st: Street) -> list[tuple[float, object]]:
         for z in rng.uniform(6, min(z_max, 50), int(rng.integers(0, 2))):
             items.append((z, partial(_bin, x=side * (e + sw - 0.4), z=z)))
         if rng.random() < 0.3:
-            items.append((rz := rng.uniform(6, 40), partial(_bicycle, x=side * (e + sw - 0.5), z=rz, rider=False)))
+            items.append((rz := rng.uniform(6, 40),
+                          partial(_bicycle, x=side * (e + sw - 0.5), z=rz, rider=False)))
         if rng.random() < 0.25:
             z0 = rng.uniform(NEAR + 3, 40)
             items.append((z0, partial(fence, x=side * (e + 0.15), z0=z0, z1=z0 + rng.uniform(5, 20),

@@ -80,7 +80,8 @@ class Canvas:
 
     # --- drawing ---------------------------------------------------------
     def poly(self, pts: np.ndarray | list[np.ndarray], label: int | None, colour, emit=None) -> None:
-        """Fill polygon(s) (px: (k, 2), (n, k, 2) or a list); ``label=None`` paints the image only (markings)."""
+        """Fill polygon(s) (px: (k, 2), (n, k, 2) or a list); ``label=None`` paints the image only
+        (markings)."""
         if isinstance(pts, np.ndarray):   # one (k, 2) polygon or a stack (n, k, 2): round all at once
             ip = list(np.round(pts.reshape(-1, *pts.shape[-2:]) * (1 << SHIFT)).astype(np.int32))
         else:
@@ -120,7 +121,8 @@ class Canvas:
         (px, py), = self.project([(x, 0, z)])
         _, y_far = self.project([(x, 0, z + rz)])[0]
         _, y_near = self.project([(x, 0, max(z - rz, NEAR))])[0]
-        self.pool(px, (y_far + y_near) / 2 if z < 3 * rz else py, r * self.scale(z), max((y_near - y_far) / 2, 1), amp)
+        self.pool(px, (y_far + y_near) / 2 if z < 3 * rz else py, r * self.scale(z),
+                  max((y_near - y_far) / 2, 1), amp)
 
 
 def circle(n: int = 16) -> np.ndarray:

@@ -114,11 +114,13 @@ def _windows(cv: Canvas, to_world, length: float, height: float, colour) -> None
         cv.poly(quad(a, b, 0.3, 2.6), BUILDING, glass, emit=warm * rng.uniform(0.2, 0.8))
         neon = np.array([(1, 0.1, 0.3), (0.2, 0.4, 1), (1, 0.2, 0.9), (0.2, 1, 0.4)][rng.integers(0, 4)])
         c = rng.uniform(a, max(b - 2.0, a + 0.1))
-        cv.poly(quad(c, c + rng.uniform(1, 2), 2.9, 3.5), BUILDING, neon * 0.5, emit=neon * rng.uniform(1.2, 3.0))
+        cv.poly(quad(c, c + rng.uniform(1, 2), 2.9, 3.5), BUILDING, neon * 0.5,
+                emit=neon * rng.uniform(1.2, 3.0))
 
 
 def _facade(cv: Canvas, corners: np.ndarray, to_world, length: float, height: float, px_per_m: float) -> None:
-    """A building front (world corners (4, 3)) with windows; ``to_world(u, v)`` maps facade metres to world."""
+    """A building front (world corners (4, 3)) with windows; ``to_world(u, v)`` maps facade metres
+    to world."""
     colour = tint(cv.rng, FACADE[cv.rng.integers(0, len(FACADE))])
     if px_per_m < 1.0:   # windows would be under a pixel: draw the average look of wall and glass
         cv.poly(cv.project(corners), BUILDING, colour * 0.7)
@@ -138,7 +140,8 @@ def _facade_front(cv: Canvas, x0: float, x1: float, z: float, height: float) -> 
 
 
 def draw_far_buildings(cv: Canvas, st: Street) -> None:
-    """Rows of fronts closing the view: far behind (3 x z_far) and at z_far (with a gap if the road goes on)."""
+    """Rows of fronts closing the view: far behind (3 x z_far) and at z_far (with a gap if the road
+    goes on)."""
     rng = cv.rng
     for z, skip_road in ((st.z_far * 3, False), (st.z_far, st.through)):
         x, x_end = -cv.cx * z / cv.f - 10, (cv.w - cv.cx) * z / cv.f + 10   # the visible span at depth z
@@ -165,14 +168,16 @@ def draw_ground(cv: Canvas, st: Street) -> None:
         e, sw, tr = st.edge(side), st.sidewalk[i], st.terrain[i]
         pave = tint(rng, (0.32, 0.30, 0.27), 0.3)
         cv.poly(_ground_quad(cv, side * e, side * (e + sw), NEAR, z_end, 0.15), SIDEWALK, pave)
-        kerb = cv.project([(side * e, 0, NEAR), (side * e, 0.15, NEAR), (side * e, 0.15, z_end), (side * e, 0, z_end)])
+        kerb = cv.project([(side * e, 0, NEAR), (side * e, 0.15, NEAR), (side * e, 0.15, z_end),
+                           (side * e, 0, z_end)])
         cv.poly(kerb, SIDEWALK, pave * 1.3)
         zs = np.arange(NEAR, min(z_end, 80), rng.uniform(1.0, 2.0))
         joints = [_ground_quad(cv, side * e, side * (e + sw), z, z + 0.05, 0.15) for z in zs]
         cv.poly(joints, None, pave * 0.6)
         if tr > 0:
             grass = tint(rng, (0.10, 0.16, 0.06), 0.3)
-            cv.poly(_ground_quad(cv, side * (e + sw), side * (e + sw + tr), NEAR, z_end, 0.15), TERRAIN, grass)
+            cv.poly(_ground_quad(cv, side * (e + sw), side * (e + sw + tr), NEAR, z_end, 0.15), TERRAIN,
+                    grass)
     _markings(cv, st, z_end)
 
 
@@ -238,7 +243,8 @@ def draw_ignore_regions(cv: Canvas) -> None:
     rng, w, h = cv.rng, cv.w, cv.h
     if rng.random() < 0.4:
         depth = h * rng.uniform(0.05, 0.12)
-        pts = np.column_stack([w / 2 + circle(40)[:, 0] * w * 0.8, h + circle(40)[:, 1] * depth * 1.6 + depth * 0.6])
+        pts = np.column_stack([w / 2 + circle(40)[:, 0] * w * 0.8,
+                               h + circle(40)[:, 1] * depth * 1.6 + depth * 0.6])
         cv.poly(pts, ID["ego vehicle"], tint(rng, (0.05, 0.05, 0.06)))
     if rng.random() < 0.4:   # only over background classes, as annotators skip dark clutter, not cars
         cx, cy = rng.uniform(0.1, 0.9) * w, rng.uniform(0.3, 0.6) * h
