@@ -1,0 +1,81 @@
+"""Fixtures of the pipeline tests: a loopback JSON HTTP stub for API tests (the KFP API, the
+Kubernetes API), since neither server runs here.
+
+``json_stub(handle) -> Stub`` serves ``handle(request) -> (status, JSON body)`` on 127.0.0.1 and
+records every request (a ``Request``: method, path, query, headers lower-cased, raw body, its
+``json``, and ``extra`` for what a handler keeps); the test reads ``stub.url``,
+``stub.requests`` and ``stub.find(method, path)``. Servers stop at the end of the test.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import urllib.parse
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+
+
+@dataclass
+class Request:
+    method: str
+    path: str
+    query: dict[str, list[str]]
+    headers: dict[str, str]          # names lower-cased
+    raw: bytes
+    json: Any = None
+    extra: dict[str, Any] = field(default_factory=dict)   # what a handler wants to keep (e.g. an upload)
+
+
+@dataclass
+class Stub:
+    url: str
+    requests: list[Request]
+
+    def find(self, method: str, path: str) -> list[Request]:
+        return [r for r in self.requests if r.method == method and r.path == path]
+
+
+@pytest.fixture
+def json_stub() -> Iterator[Callable[[Callable[[Request], tuple[int, Any]]], Stub]]:
+    """``json_stub(handle) -> Stub``, started (module docstring)."""
+    servers: list[ThreadingHTTPServer] = []
+    yield lambda handle: _start_stub(handle, servers)
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+def _start_stub(handle: Callable[[Request], tuple[int, Any]], servers: list[ThreadingHTTPServer]) -> Stub:
+    requests: list[Request] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args):  # quiet
+            pass
+
+        def _serve(self) -> None:
+            url = urllib.parse.urlsplit(self.path)
+            raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            req = Request(self.command, url.path, urllib.parse.parse_qs(url.query),
+                          {k.lower(): v for k, v in self.headers.items()}, raw)
+            if raw and self.headers.get("Content-Type", "").startswith("application/json"):
+                req.json = json.loads(raw)
+            requests.append(req)
+            code, body = handle(req)
+            data = json.dumps(body).encode()
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _serve
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    servers.append(server)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return Stub(f"http://127.0.0.1:{server.server_address[1]}", requests)

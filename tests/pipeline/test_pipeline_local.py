@@ -1,0 +1,137 @@
+"""`egnet pipeline run --local`: the real pipeline function under kfp.local, end to end.
+
+Every step runs as a subprocess of this venv (SubprocessRunner(use_venv=False)), exactly
+the component code the cluster runs. Tiny on purpose: 12 synthetic scenes at 256x128 and
+10 training iterations of the tiny profile; the numbers are not the point, the wiring is: a registered model
+version in MLflow whose metrics match the evaluation, the gate's decision, and the KFP
+Metrics artifact carrying the same values as metrics.json.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from egnet.cli import main
+from tests.support import PARAMS, tiny_args
+
+#: on the tiny profile
+OVERRIDES = ["train.iterations=10", "train.checkpoint_every=10", "train.eval_size=[256,128]",
+             "evaluate.num_qualitative=1"]
+
+
+def executor_output(run_dir: Path, task: str) -> dict:
+    return json.loads((run_dir / task / "executor_output.json").read_text())
+
+
+@pytest.mark.slow
+@pytest.mark.kfp
+def test_local_pipeline_registers_a_model_version(tmp_path, monkeypatch, capsys):
+    from egnet.data.synth import synthesize
+
+    data = tmp_path / "nightcity"
+    synthesize(data, num=12, seed=5, size=(256, 128))
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    work = tmp_path / "work"
+    code = main(["pipeline", "run", "--local", "--data", str(data), "--workdir", str(work),
+                 *tiny_args(*OVERRIDES)])
+    out = capsys.readouterr().out
+    assert code == 0, out[-3000:]
+
+    (run_dir,) = (work / "kfp").iterdir()
+    metrics = json.loads((run_dir / "evaluate" / "evaluation" / "metrics.json").read_text())
+    reg = json.loads((run_dir / "register" / "registration").read_text())
+    assert (reg["name"], reg["version"]) == ("egnet-nightcity", "1")
+
+    # MLflow: the version exists, carries the evaluation's numbers and lineage, and (first
+    # version, no champion to beat) the gate promoted it
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+    mv = client.get_model_version("egnet-nightcity", "1")
+    assert mv.run_id == reg["run_id"] == (run_dir / "train" / "model" / "mlflow_run_id").read_text().strip()
+    assert float(mv.tags["test_mIoU"]) == pytest.approx(metrics["mIoU"])
+    assert mv.tags["data_version"].startswith(("content:", "dvc:"))
+    aliases = client.get_registered_model("egnet-nightcity").aliases
+    assert {a: str(v) for a, v in aliases.items()} == {"champion": "1"}
+    assert client.get_run(reg["run_id"]).data.tags["params_hash"]
+    assert executor_output(run_dir, "gate")["parameterValues"]["Output"] == "promote"
+    assert (run_dir / "promote").is_dir()                       # ran inside dsl.If
+
+    # the KFP Metrics artifact holds the same values as metrics.json
+    logged = executor_output(run_dir, "evaluate")["artifacts"]["metrics"]["artifacts"][0]["metadata"]
+    assert logged["test_mIoU"] == pytest.approx(metrics["mIoU"])
+    assert logged["test_mEF1"] == pytest.approx(metrics["mEF1"])
+    # empty bins: not logged
+    ef1 = {f"test_EF1_bin{i}": v for i, v in enumerate(metrics["EF1"]) if v is not None}
+    assert {k: v for k, v in logged.items() if k.startswith("test_EF1_bin")} == pytest.approx(ef1)
+    train_logged = executor_output(run_dir, "train")["artifacts"]["metrics"]["artifacts"][0]["metadata"]
+    assert train_logged["iterations"] == 10
+    # reports: Markdown (validation), HTML with embedded charts (stats, evaluation)
+    assert (run_dir / "validate" / "report").read_text().startswith("# Data validation: ok")
+    assert "data:image/png;base64," in (run_dir / "evaluate" / "report").read_text()
+    assert "data:image/png;base64," in (run_dir / "stats" / "report").read_text()
+
+    # the summary a user reads
+    assert "model version   egnet-nightcity v1 (champion" in out
+    assert f"test mIoU       {metrics['mIoU']:.4f}" in out
+    assert f"mlflow ui --backend-store-uri {uri}" in out
+
+
+def test_run_requires_local(capsys):
+    assert main(["pipeline", "run", "--params", str(PARAMS)]) == 2
+    assert "only --local" in capsys.readouterr().err
+
+
+class _Artifact:
+    """What a KFP component receives for an output artifact: a path and a metadata dict."""
+
+    def __init__(self, path: Path):
+        self.path, self.metadata = str(path), {}
+
+
+@pytest.mark.dvc
+def test_materialise_step_fetches_a_dvc_revision_once(tmp_path, monkeypatch):
+    """data_repo + commit: fetched into data_cache once, reused by the next run; data_path: used as is."""
+    import shutil
+
+    from egnet.data import versioning
+    from egnet.data.synth import synthesize
+    from egnet.data.versioning import DVC_PREFIX, dvc_add
+    from egnet.pipeline import steps as kfp_steps
+    from tests.support.dvc import commit, dir_md5, init_repo, isolate_inprocess, tool_env
+
+    isolate_inprocess(monkeypatch, tmp_path)
+    env = tool_env(tmp_path)
+    repo = init_repo(tmp_path / "repo", env)
+    data = repo / "data" / "nightcity"
+    synthesize(data, num=4, seed=2, size=(128, 64), workers=1)
+    dvc_add(data)
+    rev = commit(repo, env, "data v1")
+    expected = DVC_PREFIX + dir_md5(data)
+
+    cache = tmp_path / "pvc" / "versions"
+    first = kfp_steps.materialise_data(str(repo), rev, "data/nightcity", "", str(cache),
+                                       _Artifact(tmp_path / "a1"))
+    assert first["data_version"] == expected and first["rev"] == rev
+    assert Path(first["root"]).parent == cache.resolve()
+    assert kfp_steps.data_root(tmp_path / "a1") == first["root"]
+
+    def no_fetch(*a, **k):
+        raise AssertionError("fetched again")
+
+    monkeypatch.setattr(versioning, "materialise", no_fetch)
+    second = kfp_steps.materialise_data(str(repo), rev, "data/nightcity", "", str(cache),
+                                        _Artifact(tmp_path / "a2"))
+    assert second == first
+
+    copy = tmp_path / "pvc" / "nightcity"
+    shutil.copytree(data, copy)
+    art = _Artifact(tmp_path / "a3")
+    here = kfp_steps.materialise_data("", "", "data/nightcity", str(copy), str(cache), art)
+    assert here["root"] == str(copy.resolve()) and here["data_version"].startswith("content:")
+    assert art.metadata["data_version"] == here["data_version"]
