@@ -1,10 +1,11 @@
-# The two commands users type: `make run` (the main job) and `make test`.
+# The two commands users type: `make run` (the main job) and `make test` (`make test-fast` while
+# working: no services, no training beyond a few steps).
 PYTHON ?= python3.11
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
-.PHONY: run test install system-deps lint bench clean image
+.PHONY: run test test-fast install system-deps lint bench clean image
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -20,8 +21,16 @@ install: $(STAMP)
 run: install
 	$(VENV)/bin/egnet pipeline run --local
 
+# Lint, the layering contract, then every test (what CI runs: .ci/run).
 test: install system-deps
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q
+
+# The markers (pyproject.toml) of tests that start services or train: test-fast leaves them out.
+FAST_MARKERS = not (mlflow or postgres or chromium or torchrun or kfp or dvc or s3 or slow)
+test-fast: install
+	$(PY) -m pytest -q -m "$(FAST_MARKERS)"
 
 # System packages some tests start for real: PostgreSQL (MLflow's cluster backend) and
 # Chromium (renders the HTML report). Installed with apt-get when missing and run as root;
