@@ -9,7 +9,7 @@ Two custom resources run the same ``torchrun -m egnet.cli train`` on ``nodes`` G
 - ``PyTorchJob`` (``kubeflow.org/v1``, Training Operator **v1.9.4**), for clusters on v1.
 
 The builders are pure functions returning dicts shaped exactly like the templates in
-``k8s/training/`` (tests/test_trainjob.py builds the templates' example run and compares);
+``k8s/training/`` (tests/pipeline/test_trainjob.py builds the templates' example run and compares);
 :mod:`egnet.pipeline.jobs` creates, re-attaches to, polls and deletes them.
 """
 
