@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -42,6 +43,16 @@ SERVICE_MARKERS = {
     "postgres": {"postgres"},
     "mlflow_postgres_server": {"mlflow", "postgres", "s3"},
 }
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """SIGTERM (a CI timeout, `timeout`, a killed job) stops the run like Ctrl-C: the fixtures'
+    teardowns still stop the MLflow, moto and PostgreSQL servers they started, instead of leaving
+    them (and their worker processes) running on a shared machine."""
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, interrupt)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -116,10 +116,20 @@ class MlflowServer:
             [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(self.port),
              "--backend-store-uri", self.backend_store_uri,
              "--artifacts-destination", self.artifacts_destination, "--workers", "1"],
-            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **self.env},
+            # no GenAI job runner (huey consumers): egnet uses none, and they cost ~1 GB per server
+            stdout=log, stderr=subprocess.STDOUT,
+            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **self.env},
             start_new_session=True,  # its own process group: stop() ends the server and its workers
         )
         log.close()
+        try:  # interrupted while waiting (Ctrl-C, SIGTERM): the fixture never yields, so stop it here
+            self._wait_healthy(timeout_s)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _wait_healthy(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -128,9 +138,8 @@ class MlflowServer:
             with contextlib.suppress(OSError):
                 with urllib.request.urlopen(f"{self.uri}/health", timeout=2) as resp:
                     if resp.status == 200:
-                        return self
+                        return
             time.sleep(0.3)
-        self.stop()
         raise RuntimeError(f"mlflow server not healthy after {timeout_s:.0f} s")
 
     def stop(self) -> None:
