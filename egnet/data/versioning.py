@@ -5,14 +5,19 @@
 - ``dvc:md5:<hash>.dir`` when DVC tracks ``data_root`` (``<data_root>.dvc`` beside it, or a
   ``dvc.yaml`` stage output recorded in ``dvc.lock``) and the workspace still matches what
   DVC recorded. This is the hash ``dvc pull`` / ``dvc get --rev <git_commit>`` restores.
-- the same ``dvc:md5:`` hash for a copy made by ``materialise`` (it leaves a marker inside the
-  copy, so the hash travels with the data into containers that have no git checkout).
+- ``git:<commit>`` for a copy ``materialise`` fetched at a revision (the pipeline resolves a
+  tag or branch to its commit first): the data as the git+DVC repo had it at that commit
+  (``dvc get <repo> <path> --rev <commit>``). The copy carries a marker with the commit, the
+  repo, the path and the DVC hash, so the version travels with the data into containers
+  that have no git checkout; a copy of a repo's working tree (no revision) gets the
+  ``dvc:md5:`` hash from the marker instead.
 - ``content:<sha256 prefix>`` otherwise: a hash of the split lists and the byte sizes of
   every listed image and label. Deterministic and cheap, but nothing can fetch data by it.
 
 ``dvc_add(path)`` runs ``dvc add`` (used by ``egnet data import --dvc-add``);
-``materialise(repo_url, rev, ...)`` fetches a data version from a git+DVC repo without a
-checkout, e.g. in a pipeline step.
+``resolve_commit(repo_url, rev)`` turns a branch or tag into the commit it names now (no
+clone: the refs a ``git ls-remote`` lists); ``materialise(repo_url, rev, ...)`` fetches a data
+version from a git+DVC repo without a checkout, e.g. in a pipeline step.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from egnet.core.errors import DataError
 log = logging.getLogger(__name__)
 
 DVC_PREFIX = "dvc:md5:"
+GIT_PREFIX = "git:"
 CONTENT_PREFIX = "content:"
 #: written by ``materialise`` inside the copy: a root-level dot file, so the layout scan ignores it
 MARKER = ".egnet-data-version.json"
@@ -96,8 +102,10 @@ def tracked_hash(data_root: str | Path) -> tuple[str, str | None] | None:
     return (recorded, None) if recorded else None
 
 
-def _marker_hash(data_root: Path) -> str | None:
-    """The hash ``materialise`` recorded, if the file count and total bytes still match it."""
+def read_marker(data_root: str | Path) -> dict[str, Any] | None:
+    """What ``materialise`` recorded about a copy (md5, commit, repo, path, ...), if the file
+    count and total bytes still match it; None for data it did not fetch or that changed since."""
+    data_root = Path(data_root)
     marker = data_root / MARKER
     if not marker.is_file():
         return None
@@ -112,7 +120,16 @@ def _marker_hash(data_root: Path) -> str | None:
         if len(files) != nfiles or sum(p.stat().st_size for p in files) != size:
             log.warning("%s: the data no longer matches the fetched version %s", data_root, md5)
             return None
-    return str(md5)
+    return info
+
+
+def _marker_version(data_root: Path) -> str | None:
+    """``git:<commit>`` (or ``dvc:md5:<hash>`` without a commit) of an unchanged ``materialise`` copy."""
+    info = read_marker(data_root)
+    if info is None:
+        return None
+    commit = info.get("commit")
+    return GIT_PREFIX + commit if commit else DVC_PREFIX + str(info["md5"])
 
 
 def content_hash(data_root: str | Path, split_dir: str | Path | None = None) -> str:
@@ -145,8 +162,9 @@ def content_hash(data_root: str | Path, split_dir: str | Path | None = None) -> 
 def data_version(data_root: str | Path, split_dir: str | Path | None = None) -> str:
     """The ``data_version`` tag for a run on ``data_root`` with the lists in ``split_dir``.
 
-    ``dvc:md5:<hash>.dir`` if DVC tracks the data and it is unchanged since DVC recorded it
-    (or it is a ``materialise`` copy); else ``content:<hash>`` (see ``content_hash``).
+    ``dvc:md5:<hash>.dir`` if DVC tracks the data and it is unchanged since DVC recorded it;
+    ``git:<commit>`` for an unchanged ``materialise`` copy of a revision (``dvc:md5:`` for one of
+    a working tree); else ``content:<hash>`` (see ``content_hash``).
     The split lists are not part of a DVC hash: they follow from the data, params.yaml and
     the code at the run's ``git_commit``.
     """
@@ -164,9 +182,9 @@ def data_version(data_root: str | Path, split_dir: str | Path | None = None) -> 
             data_root, recorded, current, data_root,
         )
     else:
-        marked = _marker_hash(data_root)
+        marked = _marker_version(data_root)
         if marked:
-            return DVC_PREFIX + marked
+            return marked
     return CONTENT_PREFIX + content_hash(data_root, split_dir)
 
 
@@ -214,6 +232,50 @@ def _remote_config_from_env() -> dict[str, Any] | None:
     return {"endpointurl": endpoint} if endpoint else None
 
 
+def is_commit(rev: str | None) -> bool:
+    """A full 40-hex git commit id (what ``resolve_commit`` returns)."""
+    return bool(rev) and len(rev) == 40 and all(c in "0123456789abcdef" for c in rev)
+
+
+def resolve_commit(repo_url: str, rev: str | None = None) -> str:
+    """The commit ``rev`` names in ``repo_url`` now: a full commit id as it is; a branch, a tag
+    (annotated tags peeled to their commit) or ``refs/...`` from the repo's refs (``git
+    ls-remote``, no clone); None or "": the default branch (HEAD). DataError (one line) for a
+    repo that cannot be read or a rev it does not have (an abbreviated commit included)."""
+    if is_commit(rev):
+        return str(rev)
+    where = f"{repo_url}@{rev or 'HEAD'}"
+    try:
+        refs = _list_refs(repo_url)
+    except Exception as exc:  # noqa: BLE001 - dulwich raises many kinds; one line for the user
+        raise DataError(f"{where}: cannot list the refs of the repo: {_why(exc)}") from None
+    names = ["HEAD"] if not rev else (
+        [rev] if rev.startswith("refs/") else [f"refs/heads/{rev}", f"refs/tags/{rev}"])
+    for name in names:
+        peeled = refs.get(name + "^{}")   # an annotated tag: the commit it points at
+        if peeled or refs.get(name):
+            return peeled or refs[name]
+    raise DataError(f"{where}: no such branch or tag (a commit must be given as its full 40-hex id)")
+
+
+def _list_refs(repo_url: str) -> dict[str, str]:
+    """``git ls-remote``: ref name -> object id, with ``<tag>^{}`` -> commit for annotated tags."""
+    from dulwich import porcelain
+    from dulwich.repo import Repo
+
+    local = repo_url[len("file://"):] if repo_url.startswith("file://") else repo_url
+    if "://" not in local and Path(local).exists():   # a path: peel the tags ourselves
+        with Repo(local) as repo:
+            refs = {k.decode(): v.decode() for k, v in repo.get_refs().items()}
+            for name in [n for n in refs if n.startswith("refs/tags/")]:
+                peeled = repo.get_peeled(name.encode()).decode()
+                if peeled != refs[name]:
+                    refs[name + "^{}"] = peeled
+            return refs
+    result = porcelain.ls_remote(repo_url, include_tags=True)   # the server lists peeled tags itself
+    return {k.decode(): v.decode() for k, v in result.refs.items() if v}
+
+
 def materialise(
     repo_url: str,
     rev: str | None = None,
@@ -229,7 +291,8 @@ def materialise(
     the DVC cache or the repo's default remote; S3 credentials come from AWS_* (or
     ``remote_config``), the endpoint from ``remote_config["endpointurl"]``, else
     EGNET_DVC_ENDPOINT_URL / AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL. ``out`` is replaced
-    atomically and gets a marker file so ``data_version`` tags the copy with its DVC hash.
+    atomically and gets a marker file so ``data_version`` tags the copy with the commit (or,
+    for a working tree, its DVC hash).
     """
     from dvc.api import DVCFileSystem
 
@@ -257,6 +320,7 @@ def materialise(
             if dvc_info.get("md5"):
                 marker = {
                     "md5": dvc_info["md5"], "repo": repo_url, "rev": resolved, "path": path,
+                    "commit": resolved if is_commit(resolved) else None,
                     "nfiles": len(files), "size": sum(p.stat().st_size for p in files),
                 }
                 (tmp / MARKER).write_text(json.dumps(marker, indent=2) + "\n")

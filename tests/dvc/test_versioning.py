@@ -161,15 +161,17 @@ def test_materialise_fetches_each_revision_exactly(two_versions, tmp_path, datas
     got2.pop(versioning.MARKER)
     assert got2 == files2
 
-    # the copy carries its DVC hash: rev1's hash, checked against an independent computation
+    # the copy carries its version, the commit (data_version), and DVC's hash of rev1's data
+    # (checked against an independent computation)
     scratch = tmp_path / "scratch"
     for rel, content in files1.items():
         (scratch / rel).parent.mkdir(parents=True, exist_ok=True)
         (scratch / rel).write_bytes(content)
     _, split = dataset
-    assert data_version(out1, split) == DVC_PREFIX + dir_md5(scratch)
+    assert data_version(out1, split) == versioning.GIT_PREFIX + rev1
     marker = json.loads((out1 / versioning.MARKER).read_text())
-    assert marker["rev"] == rev1 and marker["path"] == "data/nightcity"
+    assert marker["rev"] == marker["commit"] == rev1 and marker["path"] == "data/nightcity"
+    assert DVC_PREFIX + marker["md5"] == DVC_PREFIX + dir_md5(scratch)
 
     # a materialised copy edited afterwards no longer claims the DVC version
     img = _first_image(out1)
