@@ -17,10 +17,11 @@ from kfp import dsl
 from components import data, evaluate, registry, train
 
 STEPS = {
-    "materialise": data.materialise, "validate": data.validate, "split": data.split, "stats": data.stats,
-    "drift": data.drift,
+    "resolve_data": data.resolve_data, "materialise": data.materialise, "validate": data.validate,
+    "split": data.split, "stats": data.stats, "drift": data.drift,
     "train_resources": train.train_resources, "train": train.train, "evaluate": evaluate.evaluate,
     "register": registry.register, "gate": registry.gate, "promote": registry.promote,
+    "finalize": train.finalize,
 }
 
 

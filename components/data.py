@@ -1,18 +1,32 @@
-"""Data steps: materialise (DVC repo + rev, or a path on the PVC), validate, split, stats.
+"""Data steps: resolve-data, materialise (DVC repo + commit, or a PVC path), validate, split, stats, drift.
 
 Plain functions: ``components.build(image)`` turns them into lightweight KFP components.
 Each body imports egnet and runs one egnet command on artifact paths; no logic here.
 """
 
+from typing import NamedTuple
+
 from kfp.dsl import HTML, Artifact, Dataset, Input, Markdown, Metrics, Output
 
 
-def materialise(data_repo: str, data_rev: str, data_repo_path: str, data_path: str, data_cache: str,
-                data: Output[Dataset]):
-    """The data version to train on, as a Dataset pointer (dataset.json) to its root on the PVC."""
+def resolve_data(data_repo: str, data_rev: str, data_repo_path: str, data_path: str, data_cache: str,
+                 max_age_days: float) -> NamedTuple("Resolved", [("commit", str), ("data_key", str)]):
+    """The commit ``data_rev`` names now and the key the cached data steps use (uncached, every run)."""
+    from collections import namedtuple
+
+    from egnet.pipeline.steps import resolve_data as resolve
+
+    r = resolve(data_repo, data_rev, data_repo_path, data_path, data_cache, max_age_days)
+    return namedtuple("Resolved", list(r))(**r)
+
+
+def materialise(data_repo: str, data_commit: str, data_repo_path: str, data_path: str, data_cache: str,
+                data_key: str, data: Output[Dataset]):
+    """The data version to train on, as a Dataset pointer (dataset.json) to its root on the PVC;
+    cached on ``data_key`` (the commit), so the data steps after it are cached too."""
     from egnet.pipeline.steps import materialise_data
 
-    materialise_data(data_repo, data_rev, data_repo_path, data_path, data_cache, data)
+    materialise_data(data_repo, data_commit, data_repo_path, data_path, data_cache, data, data_key)
 
 
 def validate(data: Input[Dataset], params_file: str, profile: str, overrides: list,

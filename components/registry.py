@@ -3,12 +3,14 @@
 Plain functions: ``components.build(image)`` turns them into lightweight KFP components.
 """
 
-from kfp.dsl import Artifact, Input, Model, Output
+from kfp.dsl import Artifact, Input, Markdown, Model, Output
 
 
 def register(model: Input[Model], evaluation: Input[Artifact], params_file: str, profile: str,
-             overrides: list, mlflow_uri: str, registration: Output[Artifact]) -> str:
-    """`egnet register`: a new model version with the alias challenger; returns the version."""
+             overrides: list, mlflow_uri: str, registration: Output[Artifact],
+             links: Output[Markdown]) -> str:
+    """`egnet register`: a new model version with the alias challenger; returns the version. The
+    Markdown artifact links the MLflow run and the model version for the KFP UI."""
     import json
     from pathlib import Path
 
@@ -22,6 +24,7 @@ def register(model: Input[Model], evaluation: Input[Artifact], params_file: str,
     reg = json.loads(Path(registration.path).read_text())
     registration.metadata.update(name=reg["name"], version=reg["version"], run_id=reg["run_id"],
                                  model_uri=reg["model_uri"])
+    k.write_text(links, k.registration_links(reg, k.experiment_of(reg["run_id"])))
     return str(reg["version"])
 
 

@@ -121,3 +121,8 @@ def pipeline_submit(args, cfg) -> int:
 def pipeline_schedule(args, cfg) -> int:
     from egnet.pipeline.commands import schedule_main
     return schedule_main(args, cfg)
+
+
+def pipeline_schedules(args, cfg) -> int:
+    from egnet.pipeline.commands import schedules_main
+    return schedules_main(args, cfg)

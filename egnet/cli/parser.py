@@ -221,7 +221,7 @@ def _registry_commands(sub) -> None:
 
 
 def _pipeline_commands(sub) -> None:
-    """`egnet pipeline compile | run | submit | schedule` (docs/pipeline.md)."""
+    """`egnet pipeline compile | run | submit | schedule | schedules` (docs/pipeline.md)."""
     # --- pipeline (Kubeflow Pipelines; docs/pipeline.md) ------------------
     pipe = sub.add_parser("pipeline", help="Kubeflow Pipelines: compile, run locally, submit, schedule",
                           description="The retraining pipeline (materialise -> validate -> split -> "
@@ -260,7 +260,16 @@ def _pipeline_commands(sub) -> None:
         p.add_argument("--namespace", default=None, help="Kubeflow profile namespace (multi-user installs)")
         p.add_argument("--package", type=Path, default=None,
                        help="upload this compiled YAML instead of compiling")
-        p.add_argument("--run-name", default=None, help="name of the run / recurring run")
+        p.add_argument("--run-name", default=None,
+                       help="name of the run / recurring run (schedule: default the pipeline's name)")
         if name == "schedule":
-            p.add_argument("--cron", required=True,
-                           help='KFP cron, 6 fields with seconds first: "0 0 3 * * 0" = Sundays 03:00')
+            p.add_argument("--cron", default=None,
+                           help='KFP cron, 6 fields with seconds first: "0 0 3 * * 0" = Sundays 03:00; '
+                                "creates the recurring run, or replaces the one of the same name")
+            state = p.add_mutually_exclusive_group()
+            for flag, what in (("pause", "disable"), ("resume", "enable"), ("delete", "delete")):
+                state.add_argument(f"--{flag}", action="store_true",
+                                   help=f"{what} the existing recurring run of that name (no upload)")
+    p = _add(psub, "schedules", h.pipeline_schedules, "list the pipeline's recurring runs on a KFP server")
+    p.add_argument("--host", required=True, help="KFP API endpoint, e.g. http://localhost:8080")
+    p.add_argument("--namespace", default=None, help="Kubeflow profile namespace (multi-user installs)")

@@ -145,8 +145,10 @@ Quantity = Annotated[str, Field(pattern=r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|Ki|Mi|Gi|
 
 
 # Kubernetes/OCI syntax, so a typo fails at `egnet pipeline compile`, not when the cluster refuses a pod
-ImageRef = Annotated[str, Field(pattern=r"^[a-z0-9]+([._-][a-z0-9]+)*(:[0-9]+)?(/[a-z0-9]+([._-][a-z0-9]+)*)*"
-                                        r"(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(@sha256:[a-f0-9]{64})?$")]
+_IMAGE = (r"^[a-z0-9]+([._-][a-z0-9]+)*(:[0-9]+)?(/[a-z0-9]+([._-][a-z0-9]+)*)*"
+          r"(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(@sha256:[a-f0-9]{64})?$")
+ImageRef = Annotated[str, Field(pattern=_IMAGE)]
+OptionalImageRef = Annotated[str, Field(pattern=r"^$|" + _IMAGE)]
 ResourceName = Annotated[str, Field(pattern=r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?"
                                             r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")]
 LabelKey = Annotated[str, Field(pattern=r"^(([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?"
@@ -173,6 +175,15 @@ class PipelineConfig(_Section):
     cpu_limit: Quantity
     memory_request: Quantity
     memory_limit: Quantity
+    data_cpu_request: Quantity
+    data_cpu_limit: Quantity
+    data_memory_request: Quantity
+    data_memory_limit: Quantity
+    step_cpu_request: Quantity
+    step_cpu_limit: Quantity
+    step_memory_request: Quantity
+    step_memory_limit: Quantity
+    cpu_image: OptionalImageRef
     data_pvc: K8sName
     data_mount: Annotated[str, Field(pattern=r"^/")]
     data_path: str
@@ -180,8 +191,10 @@ class PipelineConfig(_Section):
     data_repo_path: Annotated[str, Field(min_length=1)]
     data_rev: str
     data_cache: str
+    data_cache_max_age_days: NonNegFloat
     train_out: str
     train_retries: NonNegInt
+    train_retry_window_s: PosInt
     s3_secret: K8sName
     mlflow_secret: OptionalK8sName
     endpoints_configmap: K8sName
@@ -192,6 +205,25 @@ class PipelineConfig(_Section):
     wait_timeout_s: PosInt
     poll_s: PosInt
     active_deadline_s: PosInt
+    run_deadline_s: NonNegInt
+    run_ttl_s: NonNegInt
+
+    @model_validator(mode="after")
+    def _deadlines(self) -> PipelineConfig:
+        # Argo counts the retry window from the first attempt's start: shorter than the job's
+        # deadline and a long first attempt is never retried
+        if self.train_retry_window_s < self.active_deadline_s:
+            raise ValueError(f"train_retry_window_s ({self.train_retry_window_s}) < active_deadline_s "
+                             f"({self.active_deadline_s}): a training that fails late would never be retried")
+        if self.run_deadline_s and self.run_deadline_s <= self.train_retry_window_s:
+            raise ValueError(f"run_deadline_s ({self.run_deadline_s}) <= train_retry_window_s "
+                             f"({self.train_retry_window_s}): the run would end before its retries")
+        # a data version is reclaimed when no run has used it for this long: a run still reading it must not
+        longest = self.run_deadline_s or self.train_retry_window_s
+        if self.data_cache_max_age_days and self.data_cache_max_age_days * 86400 <= longest:
+            raise ValueError(f"data_cache_max_age_days ({self.data_cache_max_age_days:g}) is not longer "
+                             f"than a run may take ({longest} s): a running step's data could be reclaimed")
+        return self
 
 
 with warnings.catch_warnings():

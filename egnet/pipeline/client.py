@@ -1,13 +1,20 @@
 """Submit and schedule the compiled pipeline on a Kubeflow Pipelines server (kfp.Client).
 
 - :func:`kfp_client`: checks ``GET <host>/apis/v2beta1/healthz`` first (one clear line when the
-  host is unreachable, instead of kfp's retries and traceback), then builds ``kfp.Client``;
-  a bearer token comes from ``$KFP_TOKEN`` (``existing_token``).
+  host is unreachable, instead of kfp's retries and traceback) and the backend's version in
+  it (``tag_name``; ``kfp.Client.get_kfp_healthz()`` drops that field): an older backend than
+  the pipeline needs is refused with one line, an unknown one (a custom build says
+  ``unknown``) earns a warning. Then it builds ``kfp.Client``; a bearer token comes from
+  ``$KFP_TOKEN`` (``existing_token``).
 - :func:`upload`: ``upload_pipeline`` the first time, ``upload_pipeline_version`` under the
   same pipeline name afterwards, so every submit is a new version of one pipeline.
 - :func:`submit`: upload, then one run in an experiment (created if missing).
 - :func:`schedule`: upload, then a recurring run with KFP's 6-field cron (seconds first),
-  ``max_concurrency=1`` and no catch-up of missed slots.
+  ``max_concurrency=1`` and no catch-up of missed slots; idempotent by name: a recurring run
+  of the same name (of this pipeline) is replaced, never doubled. KFP has no update of a
+  recurring run's spec, so the new one is created first and the old ones deleted after.
+- :func:`recurring_runs`, :func:`set_schedule`: list the pipeline's recurring runs; pause,
+  resume or delete one by name.
 
 Run parameters (``--param k=v``) are typed from the compiled spec's parameter
 declarations; an unknown name is an error that lists the known ones.
@@ -18,6 +25,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
+import sys
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -33,8 +42,10 @@ TOKEN_ENV = "KFP_TOKEN"
 HEALTHZ = "/apis/v2beta1/healthz"
 
 
-def check_reachable(host: str, timeout_s: float = 10.0, token: str | None = None) -> None:
-    """Raise ConfigError (one line) unless ``host`` answers the KFP healthz endpoint."""
+def check_reachable(host: str, timeout_s: float = 10.0, token: str | None = None) -> dict[str, Any]:
+    """Raise ConfigError (one line) unless ``host`` answers the KFP healthz endpoint; returns its
+    JSON (``tag_name``, ``commit_sha``, ``multi_user``: kubeflow/pipelines
+    ``backend/src/apiserver/main.go`` ``newHealthzResponse``)."""
     if not host.startswith(("http://", "https://")):
         raise ConfigError(f"--host {host}: expected http(s)://HOST[:PORT]")
     req = urllib.request.Request(host.rstrip("/") + HEALTHZ)
@@ -42,7 +53,7 @@ def check_reachable(host: str, timeout_s: float = 10.0, token: str | None = None
         req.add_header("Authorization", f"Bearer {token}")
     try:
         with urllib.request.urlopen(req, timeout=timeout_s) as resp:  # noqa: S310 - a user-given URL
-            resp.read()
+            body = resp.read()
     except urllib.error.HTTPError as exc:
         if exc.code in (401, 403):
             raise ConfigError(f"KFP at {host}: HTTP {exc.code} (set ${TOKEN_ENV} to a valid token)") from None
@@ -52,16 +63,44 @@ def check_reachable(host: str, timeout_s: float = 10.0, token: str | None = None
         reason = getattr(exc, "reason", exc)
         raise ConfigError(f"KFP at {host} is not reachable ({reason}); "
                           "port-forward it or check --host (docs/pipeline.md)") from None
+    try:
+        doc = json.loads(body or b"{}")
+    except ValueError:
+        raise ConfigError(f"KFP at {host}: {HEALTHZ} did not answer JSON; is this the KFP API?") from None
+    return doc if isinstance(doc, dict) else {}
 
 
-def kfp_client(host: str, namespace: str | None = None, timeout_s: float = 10.0) -> Any:
-    """A kfp.Client for ``host`` after a reachability check; token from ``$KFP_TOKEN``."""
+def parse_version(tag: str | None) -> tuple[int, int, int] | None:
+    """``"2.17.0"``, ``"v2.17.0-rc.1"`` -> ``(2, 17, 0)``; None when it is not a release version."""
+    m = re.match(r"^v?(\d+)\.(\d+)\.(\d+)", (tag or "").strip())
+    return (int(m[1]), int(m[2]), int(m[3])) if m else None
+
+
+def check_backend(doc: dict[str, Any], host: str, minimum: str | None) -> str:
+    """Refuse (ConfigError, one line) a backend older than ``minimum``; warn (stderr) when its
+    version is unknown. Returns the version the server reports."""
+    tag = str(doc.get("tag_name") or "unknown")
+    have, need = parse_version(tag), parse_version(minimum)
+    if need is None:
+        return tag
+    if have is None:
+        print(f"egnet: warning: KFP at {host} does not say its version (tag_name {tag!r}); this pipeline "
+              f"needs {minimum} or newer", file=sys.stderr)
+    elif have < need:
+        raise ConfigError(f"KFP at {host} runs backend {tag}; this pipeline needs {minimum} or newer "
+                          "(docs/pipeline.md, \"Backend version\")")
+    return tag
+
+
+def kfp_client(host: str, namespace: str | None = None, timeout_s: float = 10.0,
+               min_backend: str | None = None) -> Any:
+    """A kfp.Client for ``host`` after a reachability and version check; token from ``$KFP_TOKEN``."""
     import warnings
 
     import kfp
 
     token = os.environ.get(TOKEN_ENV) or None
-    check_reachable(host, timeout_s, token)
+    check_backend(check_reachable(host, timeout_s, token), host, min_backend)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # "only works with KFP v2.0.0-beta.2 and later"
         return kfp.Client(host=host.rstrip("/"), existing_token=token, namespace=namespace or "kubeflow")
@@ -198,9 +237,12 @@ def _experiment_id(client: Any, experiment: str, namespace: str | None) -> str:
 
 def submit(client: Any, package: str | Path, *, name: str, experiment: str, params: dict[str, Any],
            run_name: str | None = None, namespace: str | None = None,
-           description: str = "") -> dict[str, Any]:
-    """Upload and start one run; returns ids and the run's UI link."""
+           description: str = "", version_param: str | None = None) -> dict[str, Any]:
+    """Upload and start one run; returns ids and the run's UI link. ``version_param``: the run
+    parameter that gets the uploaded version's name (unless ``params`` sets it)."""
     up = upload(client, package, name, description)
+    if version_param:
+        params = {version_param: up.version_name, **params}
     exp_id = _experiment_id(client, experiment, namespace)
     run_name = run_name or f"{name} {datetime.now(timezone.utc):%Y-%m-%d %H:%M:%S}"
     try:
@@ -222,21 +264,80 @@ def check_cron(cron: str) -> str:
     return " ".join(fields)
 
 
+def recurring_runs(client: Any, pipeline: str, job_name: str | None = None,
+                   namespace: str | None = None) -> list[Any]:
+    """The recurring runs of pipeline ``pipeline`` (by name), optionally only those named ``job_name``."""
+    flt = None
+    if job_name:
+        flt = json.dumps({"predicates": [{"operation": "EQUALS", "key": "display_name",
+                                          "stringValue": job_name}]})
+    try:
+        pipeline_id = client.get_pipeline_id(pipeline)
+        if pipeline_id is None:
+            return []
+        found, token = [], ""
+        while True:
+            page = client.list_recurring_runs(page_token=token, page_size=100, namespace=namespace,
+                                              filter=flt)
+            found += [r for r in page.recurring_runs or []
+                      if getattr(r.pipeline_version_reference, "pipeline_id", None) == pipeline_id]
+            token = page.next_page_token or ""
+            if not token:
+                return found
+    except _transport_errors() as exc:
+        raise _api_error("listing of recurring runs", exc) from None
+
+
+def describe_recurring_run(rec: Any) -> dict[str, Any]:
+    """The fields `egnet pipeline schedules` shows."""
+    cron = getattr(getattr(rec.trigger, "cron_schedule", None), "cron", None) if rec.trigger else None
+    ref = rec.pipeline_version_reference
+    paused = str(rec.status or rec.mode or "").upper().startswith("DISABLE")
+    return {"name": rec.display_name, "id": rec.recurring_run_id, "cron": cron or "-",
+            "state": "paused" if paused else "active",
+            "pipeline_version_id": getattr(ref, "pipeline_version_id", None) or "-",
+            "experiment_id": rec.experiment_id or "-"}
+
+
+def set_schedule(client: Any, pipeline: str, job_name: str, action: str,
+                 namespace: str | None = None) -> list[str]:
+    """``pause`` | ``resume`` | ``delete`` the recurring run(s) named ``job_name``; returns their ids."""
+    found = recurring_runs(client, pipeline, job_name, namespace)
+    if not found:
+        raise ConfigError(f"no recurring run named {job_name!r} of pipeline {pipeline} "
+                          "(`egnet pipeline schedules` lists them)")
+    call = {"pause": client.disable_recurring_run, "resume": client.enable_recurring_run,
+            "delete": client.delete_recurring_run}[action]
+    try:
+        for rec in found:
+            call(rec.recurring_run_id)
+    except _transport_errors() as exc:
+        raise _api_error(f"{action} of recurring run {job_name}", exc) from None
+    return [r.recurring_run_id for r in found]
+
+
 def schedule(client: Any, package: str | Path, *, name: str, experiment: str, cron: str,
              params: dict[str, Any], job_name: str | None = None, namespace: str | None = None,
-             description: str = "") -> dict[str, Any]:
-    """Upload and create a recurring run: ``max_concurrency=1``, no catch-up of missed slots."""
+             description: str = "", version_param: str | None = None) -> dict[str, Any]:
+    """Upload and create (or replace) the recurring run ``job_name`` (default: the pipeline's
+    name): ``max_concurrency=1``, no catch-up of missed slots. The new one is created before
+    the old ones of that name are deleted, so a failure never leaves no schedule."""
     cron = check_cron(cron)
+    job_name = job_name or name
+    old = recurring_runs(client, name, job_name, namespace)
     up = upload(client, package, name, description)
+    if version_param:
+        params = {version_param: up.version_name, **params}
     exp_id = _experiment_id(client, experiment, namespace)
-    job_name = job_name or f"{name} ({cron})"
     try:
         rec = client.create_recurring_run(exp_id, job_name, description=description or None,
                                           cron_expression=cron, max_concurrency=1, no_catchup=True,
                                           params=params, pipeline_id=up.pipeline_id, version_id=up.version_id,
                                           enabled=True)
+        for r in old:
+            client.delete_recurring_run(r.recurring_run_id)
     except _transport_errors() as exc:
-        raise _api_error(f"recurring run creation in {experiment}", exc) from None
+        raise _api_error(f"recurring run {job_name} in {experiment}", exc) from None
     return {"pipeline_id": up.pipeline_id, "version_id": up.version_id, "version_name": up.version_name,
             "experiment_id": exp_id, "recurring_run_id": rec.recurring_run_id, "job_name": job_name,
-            "cron": cron}
+            "cron": cron, "replaced": [r.recurring_run_id for r in old]}

@@ -5,7 +5,9 @@
   venv) on ``--data``, ``data/nightcity`` or fresh synthetic data, with the ``quick`` profile
   and MLflow in ``sqlite:///mlflow.db`` unless told otherwise; ends with a summary.
 - ``submit`` / ``schedule``: compile, upload (a new version of the pipeline), then one run /
-  a recurring run on a KFP server (egnet/pipeline/client.py).
+  a recurring run on a KFP server (egnet/pipeline/client.py), after checking the server's
+  version. ``schedule`` replaces a recurring run of the same name; ``--pause`` / ``--resume`` /
+  ``--delete`` act on it; ``schedules`` lists the pipeline's recurring runs.
 
 ``--set section.key=value`` applies at compile time (``pipeline.*`` shapes the compiled
 pipeline) and, for the other sections, becomes the run's ``overrides`` parameter, so the
@@ -29,6 +31,8 @@ from egnet.core.files import read_json
 from egnet.pipeline.definition import pipeline_module
 
 LOCAL_PROFILE = "quick"
+#: the pipeline parameter submit/schedule set to the uploaded version's name (an MLflow tag of the run)
+VERSION_PARAM = "pipeline_version"
 
 
 def step_overrides(overrides: list[str]) -> list[str]:
@@ -73,6 +77,23 @@ def _local_data(args: argparse.Namespace, cfg: Config, work: Path) -> Path:
         print(f"synth: {s['num']} scenes (train {s['train']}, val {s['val']}) in {s['seconds']:.1f} s",
               flush=True)
     return data.resolve()
+
+
+class _Output:
+    """A step output of a finished kfp.local run (what ``task.outputs[...]`` would be)."""
+
+    def __init__(self, path: Path):
+        self.path = str(path)
+
+
+def local_outputs(run_dir: Path) -> dict[str, Any]:
+    """The outputs the summary reads, from a kfp.local run folder: a pipeline with an exit
+    handler cannot return outputs (kfp: "Pipeline outputs may only be returned from the top
+    level"), so they come from the steps' own folders (``<step>/<output>``, ``executor_output.json``)."""
+    gate = read_json(run_dir / "gate" / "executor_output.json", "gate output")
+    return {"evaluation": _Output(run_dir / "evaluate" / "evaluation"),
+            "registration": _Output(run_dir / "register" / "registration"),
+            "decision": gate["parameterValues"]["Output"]}
 
 
 def local_summary(outputs: dict[str, Any], cfg: Config, data: Path, uri: str, wall_s: float) -> str:
@@ -125,7 +146,7 @@ def run_local(args: argparse.Namespace) -> int:
     arguments: dict[str, Any] = {
         "data_repo": "", "data_path": str(data), "data_cache": str(work / "data-versions"),
         "profile": profile, "overrides": step_overrides(args.overrides), "params_file": _params_file(args),
-        "mlflow_uri": uri, "nodes": 1, "gpus_per_node": 1, "train_out": "",
+        "mlflow_uri": uri, "nodes": 1, "gpus_per_node": 1, "train_out": "", "pipeline_version": "local",
     }
     if args.param:
         with tempfile.TemporaryDirectory() as tmp:
@@ -137,17 +158,19 @@ def run_local(args: argparse.Namespace) -> int:
     # the components name the cluster image; here they run in this venv, which has egnet
     warnings.filterwarnings("ignore", message="You may be attemping to run a task that uses custom",
                             category=RuntimeWarning)
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(work / "kfp"),
-               raise_on_error=True)
+    root = work / "kfp"
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
     print(f"==> pipeline {cfg.pipeline.name} with kfp.local (profile {profile}, MLflow {uri})", flush=True)
+    before = set(root.iterdir()) if root.is_dir() else set()
     t0 = time.perf_counter()
     try:
-        task = pipeline(**arguments)
+        pipeline(**arguments)
     except RuntimeError as exc:
         # kfp.local: "Pipeline ... finished with status FAILURE. Inner task failed: ..."
         what = re.sub(r"\x1b\[[0-9;]*m", "", str(exc).splitlines()[0])   # kfp colours task names
         raise DataError(f"local pipeline run failed (the step's log is above): {what}") from None
-    print(local_summary(task.outputs, cfg, data, uri, time.perf_counter() - t0))
+    (run_dir,) = [d for d in root.iterdir() if d not in before and d.is_dir()]
+    print(local_summary(local_outputs(run_dir), cfg, data, uri, time.perf_counter() - t0))
     return 0
 
 
@@ -161,7 +184,8 @@ def run_main(args: argparse.Namespace, cfg: Config) -> int:
 def _remote(args: argparse.Namespace,
             cfg: Config) -> tuple[Any, Path, dict[str, Any], tempfile.TemporaryDirectory]:
     """Client, compiled package (a temp copy unless --package), and the typed run parameters."""
-    from egnet.pipeline.client import kfp_client, parameter_types, parse_params
+    from egnet.pipeline.client import parameter_types, parse_params
+    from egnet.pipeline.steps import cpu_image_of
 
     tmp = tempfile.TemporaryDirectory()
     if args.package:
@@ -175,8 +199,17 @@ def _remote(args: argparse.Namespace,
     if step_overrides(args.overrides):
         params["overrides"] = step_overrides(args.overrides)
     params.update(parse_params(args.param, types))
-    client = kfp_client(args.host, args.namespace)
+    if "image" in params and "cpu_image" in types and "cpu_image" not in params:
+        params["cpu_image"] = cpu_image_of(params["image"])   # the CPU steps follow --param image
+    client = _client(args)
     return client, package, params, tmp
+
+
+def _client(args: argparse.Namespace) -> Any:
+    """kfp.Client after the reachability and backend-version checks."""
+    from egnet.pipeline.client import kfp_client
+
+    return kfp_client(args.host, args.namespace, min_backend=getattr(pipeline_module(), "MIN_BACKEND", None))
 
 
 def submit_main(args: argparse.Namespace, cfg: Config) -> int:
@@ -186,7 +219,8 @@ def submit_main(args: argparse.Namespace, cfg: Config) -> int:
     with tmp:
         res = submit(client, package, name=cfg.pipeline.name,
                      experiment=args.experiment or cfg.tracking.experiment,
-                     params=params, run_name=args.run_name, namespace=args.namespace)
+                     params=params, run_name=args.run_name, namespace=args.namespace,
+                     version_param=VERSION_PARAM)
     what = "new pipeline" if res["new_pipeline"] else "new version"
     print(f"uploaded {cfg.pipeline.name} ({what} {res['version_name']}); run {res['run_id']} started in "
           f"experiment {args.experiment or cfg.tracking.experiment}: "
@@ -195,14 +229,42 @@ def submit_main(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def schedule_main(args: argparse.Namespace, cfg: Config) -> int:
-    from egnet.pipeline.client import check_cron, schedule
+    from egnet.pipeline.client import check_cron, schedule, set_schedule
 
+    action = next((a for a in ("pause", "resume", "delete") if getattr(args, a, False)), None)
+    name = args.run_name or cfg.pipeline.name
+    if action:
+        if args.cron or args.param or args.package:
+            raise ConfigError(f"--{action} acts on the existing recurring run {name!r}: "
+                              "no --cron, --param or --package with it")
+        ids = set_schedule(_client(args), cfg.pipeline.name, name, action, args.namespace)
+        done = {"pause": "paused", "resume": "resumed", "delete": "deleted"}[action]
+        print(f"{done} recurring run {name!r} ({', '.join(ids)})")
+        return 0
+    if not args.cron:
+        raise ConfigError("egnet pipeline schedule: --cron is required (or --pause / --resume / --delete)")
     check_cron(args.cron)  # before any network call
     client, package, params, tmp = _remote(args, cfg)
     with tmp:
         res = schedule(client, package, name=cfg.pipeline.name,
                        experiment=args.experiment or cfg.tracking.experiment, cron=args.cron,
-                       params=params, job_name=args.run_name, namespace=args.namespace)
-    print(f"scheduled {cfg.pipeline.name} ({res['version_name']}) with cron \"{res['cron']}\" "
-          f"(max 1 at a time, no catch-up): recurring run {res['recurring_run_id']}")
+                       params=params, job_name=name, namespace=args.namespace, version_param=VERSION_PARAM)
+    what = f"replaced {', '.join(res['replaced'])}" if res["replaced"] else "new"
+    print(f"scheduled {name!r}: {cfg.pipeline.name} ({res['version_name']}) with cron \"{res['cron']}\" "
+          f"(max 1 at a time, no catch-up): recurring run {res['recurring_run_id']} ({what})")
+    return 0
+
+
+def schedules_main(args: argparse.Namespace, cfg: Config) -> int:
+    """`egnet pipeline schedules`: the pipeline's recurring runs, one line each."""
+    from egnet.core.text import render_table
+    from egnet.pipeline.client import describe_recurring_run, recurring_runs
+
+    rows = [describe_recurring_run(r) for r in recurring_runs(_client(args), cfg.pipeline.name,
+                                                               namespace=args.namespace)]
+    if not rows:
+        print(f"no recurring runs of {cfg.pipeline.name}")
+        return 0
+    cols = ["name", "state", "cron", "id", "pipeline_version_id"]
+    print(render_table([cols, *([r[c] for c in cols] for r in rows)]))
     return 0

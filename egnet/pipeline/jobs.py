@@ -2,13 +2,32 @@
 
 ``TrainingJobs`` creates, re-attaches (HTTP 409: the object exists, e.g. a retried pipeline
 step), polls, and deletes the manifests :mod:`egnet.pipeline.trainjob` builds, through the
-``kubernetes`` package's CustomObjectsApi; :func:`run_job` is the launcher's whole life.
+``kubernetes`` package's CustomObjectsApi, and reads the job's pods and rank 0's log through
+CoreV1Api; :func:`run_job` is the launcher's whole life:
+
+- **re-attach**: a job of this run that is running is waited for; one that *Failed* or is
+  *Suspended* is deleted and created again (it resumes from the run's S3 checkpoints). A
+  failed TrainJob cannot be restarted in place: its JobSet stays Failed and ``spec.trainer``
+  is immutable (kubeflow/trainer v2.3.0 ``pkg/controller/trainjob_controller.go``,
+  ``pkg/runtime/framework/plugins/jobset/jobset.go`` ``Build``: an existing, unsuspended
+  JobSet is never re-applied). The JobSet reuses the TrainJob's name, so the old object must
+  be gone (foreground deletion) before the new one is created.
+- **SIGTERM** (KFP "Terminate run", a PipelineConfig deadline, a drained node: Argo sends it
+  to the step's process group and SIGKILLs 30 s later): the job is deleted (its pods stop and
+  checkpoint) and the step exits 143, which Argo may retry (a retry re-creates the job).
+- **logs**: rank 0's log lines are relayed into the step's log (``[rank0] ...``) and every pod
+  problem (a container that exited non-zero, OOMKilled, CrashLoopBackOff, an image pull
+  error, an unschedulable pod, an eviction) is one line, with the tail of the failed
+  container's log; the last one is named when the job fails, so the KFP UI tells why.
 """
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +36,24 @@ from egnet.core.errors import ConfigError, DataError
 from egnet.pipeline.trainjob import KINDS, RUN_LABEL
 
 SA_NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+#: label selectors of a job's pods and of its rank-0 pod. TrainJob: JobSet labels (kubernetes-sigs/
+#: jobset v0.12.0 ``labelAndAnnotateObject``) of the runtime's ``node`` job, index 0, completion
+#: index 0; PyTorchJob: Training Operator v1.9 labels (``pkg/util/labels``) of Master-0.
+POD_SELECTORS = {
+    "trainjob": ("jobset.sigs.k8s.io/jobset-name={name}",
+                 "jobset.sigs.k8s.io/jobset-name={name},jobset.sigs.k8s.io/replicatedjob-name=node,"
+                 "jobset.sigs.k8s.io/job-index=0"),
+    "pytorchjob": ("training.kubeflow.org/job-name={name}",
+                   "training.kubeflow.org/job-name={name},training.kubeflow.org/replica-type=master,"
+                   "training.kubeflow.org/replica-index=0"),
+}
+CONTAINER = {"trainjob": "node", "pytorchjob": "pytorch"}
+COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
+EXIT_SIGTERM = 143
+HOW = {"created": "created", "attached": "re-attached to existing", "recreated": "re-created"}
+#: container waiting reasons worth a line (the others are transient: ContainerCreating, PodInitializing)
+WAITING_PROBLEMS = ("CrashLoopBackOff", "ImagePullBackOff", "ErrImagePull", "CreateContainerConfigError",
+                    "CreateContainerError", "InvalidImageName", "RunContainerError")
 
 
 # --------------------------------------------------------------------------- status
@@ -68,12 +105,14 @@ def _api_error(what: str, exc: Exception) -> DataError:
 
 
 class TrainingJobs:
-    """Create / get / wait for / delete TrainJobs or PyTorchJobs in one namespace."""
+    """Create / get / wait for / delete TrainJobs or PyTorchJobs in one namespace; read their
+    pods and logs (``core``: a CoreV1Api; None: no pod information)."""
 
-    def __init__(self, api: Any, namespace: str, kind: str = "trainjob"):
+    def __init__(self, api: Any, namespace: str, kind: str = "trainjob", core: Any = None):
         if kind not in KINDS:
             raise ConfigError(f"pipeline.job_kind = {kind!r}: expected trainjob or pytorchjob")
         self.api, self.namespace, self.kind, self.res = api, namespace, kind, KINDS[kind]
+        self.core = core
 
     @classmethod
     def in_cluster(cls, kind: str = "trainjob", namespace: str | None = None) -> TrainingJobs:
@@ -89,7 +128,7 @@ class TrainingJobs:
                 raise ConfigError(f"no Kubernetes credentials (in-cluster or kubeconfig): {exc}") from None
         if namespace is None:
             namespace = SA_NAMESPACE_FILE.read_text().strip() if SA_NAMESPACE_FILE.exists() else "default"
-        return cls(client.CustomObjectsApi(), namespace, kind)
+        return cls(client.CustomObjectsApi(), namespace, kind, client.CoreV1Api())
 
     def _where(self, name: str) -> str:
         return f"{self.res['kind']} {self.namespace}/{name}"
@@ -106,40 +145,114 @@ class TrainingJobs:
                 return None
             raise _api_error(f"get {self._where(name)}", exc) from None
 
-    def create_or_attach(self, manifest: dict[str, Any]) -> tuple[dict[str, Any], bool]:
-        """Create ``manifest``; if it exists (409), return the existing object instead.
-
-        Returns (object, created). An existing object whose RUN_LABEL differs from the
-        manifest's belongs to another run: that is an error, not a re-attach.
-        """
+    def create(self, manifest: dict[str, Any]) -> dict[str, Any] | None:
+        """Create ``manifest``; None if an object of that name exists (HTTP 409)."""
         from kubernetes.client.exceptions import ApiException
 
         name = manifest["metadata"]["name"]
         try:
-            obj = self.api.create_namespaced_custom_object(
+            return self.api.create_namespaced_custom_object(
                 self.res["group"], self.res["version"], self.namespace, self.res["plural"], manifest)
-            return obj, True
         except ApiException as exc:
             if exc.status != 409:
                 raise _api_error(f"create {self._where(name)}", exc) from None
-        existing = self.get(name)
-        if existing is None:  # deleted between the 409 and the get: try once more
-            return self.create_or_attach(manifest)
-        want = manifest["metadata"].get("labels", {}).get(RUN_LABEL)
-        have = (existing.get("metadata") or {}).get("labels", {}).get(RUN_LABEL)
-        if want != have:
-            raise ConfigError(f"{self._where(name)} exists and belongs to run {have!r}, not {want!r}")
-        return existing, False
+        return None
+
+    def create_or_attach(self, manifest: dict[str, Any], gone_timeout_s: float = 600.0, poll_s: float = 2.0,
+                         log: Callable[[str], None] = print, clock: Callable[[], float] = time.monotonic,
+                         sleep: Callable[[float], None] = time.sleep) -> tuple[dict[str, Any], str]:
+        """Create ``manifest``, or re-attach to the job of that name (a retried step).
+
+        Returns (object, how): ``created``; ``attached`` (it runs, or has succeeded);
+        ``recreated`` (it had failed or was suspended: deleted, then created again). An existing
+        object whose RUN_LABEL differs from the manifest's belongs to another run: an error.
+        """
+        name = manifest["metadata"]["name"]
+        for _ in range(3):   # a job deleted between the 409 and the get: create again
+            obj = self.create(manifest)
+            if obj is not None:
+                return obj, "created"
+            existing = self.get(name)
+            if existing is None:
+                continue
+            want = manifest["metadata"].get("labels", {}).get(RUN_LABEL)
+            have = (existing.get("metadata") or {}).get("labels", {}).get(RUN_LABEL)
+            if want != have:
+                raise ConfigError(f"{self._where(name)} exists and belongs to run {have!r}, not {want!r}")
+            state = job_state(existing)
+            if state.phase not in ("failed", "suspended"):
+                return existing, "attached"
+            log(f"{self._where(name)} is {state.phase}"
+                + (f" ({state.detail})" if state.detail else "")
+                + ": deleting it to create it again (training resumes from its checkpoints)")
+            self.delete(name)
+            self.wait_gone(name, gone_timeout_s, poll_s, clock=clock, sleep=sleep)
+            obj = self.create(manifest)
+            if obj is not None:
+                return obj, "recreated"
+        raise DataError(f"{self._where(name)}: could not be created (it keeps reappearing)")
+
+    def wait_gone(self, name: str, timeout_s: float, poll_s: float = 2.0,
+                  clock: Callable[[], float] = time.monotonic,
+                  sleep: Callable[[float], None] = time.sleep) -> None:
+        """Poll until the object is gone (foreground deletion removes the pods first)."""
+        deadline = clock() + timeout_s
+        while self.get(name) is not None:
+            if clock() >= deadline:
+                raise DataError(f"{self._where(name)} still exists {timeout_s:.0f} s after its deletion")
+            sleep(poll_s)
+
+    # ----------------------------------------------------------------------- pods and logs
+
+    def pods(self, name: str, rank0: bool = False) -> list[dict[str, Any]]:
+        """The job's pods (or its rank-0 pod's incarnations), oldest first, as plain dicts."""
+        if self.core is None:
+            return []
+        from kubernetes.client.exceptions import ApiException
+
+        selector = POD_SELECTORS[self.kind][1 if rank0 else 0].format(name=name)
+        try:
+            resp = self.core.list_namespaced_pod(self.namespace, label_selector=selector)
+        except ApiException as exc:
+            raise _api_error(f"list pods of {self._where(name)}", exc) from None
+        pods = [self.core.api_client.sanitize_for_serialization(p) for p in resp.items]
+        if rank0 and self.kind == "trainjob":
+            pods = [p for p in pods if _completion_index(p) in (None, "0")]
+        return sorted(pods, key=lambda p: (p.get("metadata") or {}).get("creationTimestamp") or "")
+
+    def log_text(self, pod: str, since_time: str | None = None, tail_lines: int | None = None,
+                 previous: bool = False) -> str:
+        """The pod's training container log with timestamps (``sinceTime`` is an API parameter the
+        generated client omits, so the call is made directly)."""
+        from kubernetes.client.exceptions import ApiException
+
+        query = [("container", CONTAINER[self.kind]), ("timestamps", "true")]
+        if since_time:
+            query.append(("sinceTime", since_time))
+        if tail_lines:
+            query.append(("tailLines", str(tail_lines)))
+        if previous:
+            query.append(("previous", "true"))
+        try:
+            resp = self.core.api_client.call_api(
+                "/api/v1/namespaces/{namespace}/pods/{name}/log", "GET",
+                {"namespace": self.namespace, "name": pod}, query, {"Accept": "text/plain"},
+                auth_settings=["BearerToken"], _return_http_data_only=True, _preload_content=False)
+        except ApiException as exc:
+            raise _api_error(f"log of pod {self.namespace}/{pod}", exc) from None
+        return resp.data.decode("utf-8", "replace")
 
     def wait(self, name: str, timeout_s: float, poll_s: float = 30.0,
              log: Callable[[str], None] = print, clock: Callable[[], float] = time.monotonic,
              sleep: Callable[[float], None] = time.sleep) -> JobState:
         """Poll until the job succeeds (returns its state) or fails / vanishes / times out (raises).
 
-        Each change of state is logged as one line; transient API errors are logged and retried.
+        Each change of state is logged as one line, and so are rank 0's new log lines and new
+        pod problems (:class:`PodWatch`); transient API errors are logged and retried.
         """
         deadline = clock() + timeout_s
         last: JobState | None = None
+        watch = PodWatch(self, name, log)
         while True:
             try:
                 obj = self.get(name)
@@ -148,6 +261,7 @@ class TrainingJobs:
                 obj = {}
             if obj is None:
                 raise DataError(f"{self._where(name)} disappeared while waiting for it")
+            watch.poll()
             if obj:
                 state = job_state(obj)
                 if state != last:
@@ -157,7 +271,8 @@ class TrainingJobs:
                 if state.phase == "succeeded":
                     return state
                 if state.phase == "failed":
-                    raise DataError(f"{self._where(name)} failed: {state.detail or 'no reason given'} "
+                    why = f"; {watch.last_problem}" if watch.last_problem else ""
+                    raise DataError(f"{self._where(name)} failed: {state.detail or 'no reason given'}{why} "
                                     f"(kubectl -n {self.namespace} describe {self.res['plural']} {name})")
             if clock() >= deadline:
                 raise DataError(f"{self._where(name)} not finished after {timeout_s:.0f} s "
@@ -180,25 +295,168 @@ class TrainingJobs:
             raise _api_error(f"delete {self._where(name)}", exc) from None
 
 
+# --------------------------------------------------------------------------- pods
+
+
+def _completion_index(pod: dict[str, Any]) -> str | None:
+    meta = pod.get("metadata") or {}
+    labels, notes = meta.get("labels") or {}, meta.get("annotations") or {}
+    return labels.get(COMPLETION_INDEX) or notes.get(COMPLETION_INDEX)
+
+
+def pod_problems(pod: dict[str, Any]) -> list[tuple[str, str, bool]]:
+    """What is wrong with a pod, as (key, one line, container failed): a container that
+    terminated non-zero (now or before its last restart), a waiting reason that will not go
+    away by itself, an unschedulable pod, an evicted or failed pod. ``key`` identifies the
+    event (pod, container, restart), so a problem is reported once."""
+    meta, status = pod.get("metadata") or {}, pod.get("status") or {}
+    name = meta.get("name", "?")
+    out: list[tuple[str, str, bool]] = []
+    for c in status.get("containerStatuses") or []:
+        restarts = c.get("restartCount", 0)
+        state, last = c.get("state") or {}, c.get("lastState") or {}
+        for when, term, n in (("", state.get("terminated"), restarts),
+                              (" (before its restart)", last.get("terminated"), restarts - 1)):
+            if term and term.get("exitCode", 0) != 0:
+                detail = ": ".join(x for x in (term.get("reason"), (term.get("message") or "").strip()) if x)
+                out.append((f"{name}/{c.get('name')}/{n}/exit",
+                            f"pod {name}: container {c.get('name')} exited {term.get('exitCode')}{when}"
+                            + (f" ({detail})" if detail else ""), True))
+        waiting = state.get("waiting") or {}
+        if waiting.get("reason") in WAITING_PROBLEMS:
+            out.append((f"{name}/{c.get('name')}/{restarts}/{waiting['reason']}",
+                        f"pod {name}: container {c.get('name')} {waiting['reason']}"
+                        + (f": {waiting['message']}" if waiting.get("message") else ""), False))
+    for cond in status.get("conditions") or []:
+        if cond.get("type") == "PodScheduled" and cond.get("status") == "False" and cond.get("reason"):
+            out.append((f"{name}/scheduling/{cond.get('message')}",
+                        f"pod {name}: {cond['reason']}: {cond.get('message', '')}".rstrip(": "), False))
+    if status.get("phase") == "Failed" and status.get("reason"):
+        out.append((f"{name}/phase/{status['reason']}",
+                    f"pod {name}: {status['reason']}: {status.get('message', '')}".rstrip(": "), False))
+    return out
+
+
+def _ts_key(ts: str) -> str:
+    """An RFC 3339 timestamp with nanoseconds, comparable as a string (the kubelet trims zeros)."""
+    head, _, frac = ts.rstrip("Z").partition(".")
+    return f"{head}.{frac.ljust(9, '0')}"
+
+
+class PodWatch:
+    """Relays rank 0's new log lines and logs each new pod problem once (one poll per call)."""
+
+    def __init__(self, jobs: TrainingJobs, name: str, log: Callable[[str], None], first_lines: int = 200,
+                 failed_tail: int = 20):
+        self.jobs, self.name, self.log = jobs, name, log
+        self.first_lines, self.failed_tail = first_lines, failed_tail
+        self.seen: set[str] = set()
+        self.last_ts: str | None = None     # the newest rank-0 log line relayed
+        self.last_problem = ""
+
+    def poll(self) -> None:
+        if self.jobs.core is None:
+            return
+        try:
+            self._problems()
+            self._relay()
+        except DataError as exc:   # pods and logs are a help, never a reason to fail
+            self.log(f"pods of {self.jobs._where(self.name)}: {exc}")
+
+    def _problems(self) -> None:
+        for pod in self.jobs.pods(self.name):
+            for key, line, failed in pod_problems(pod):
+                if key in self.seen:
+                    continue
+                self.seen.add(key)
+                self.last_problem = line
+                self.log(line)
+                if failed:
+                    self._tail(pod)
+
+    def _tail(self, pod: dict[str, Any]) -> None:
+        """The end of the log of a container that failed: the traceback is usually there."""
+        name = pod["metadata"]["name"]
+        statuses = (pod.get("status") or {}).get("containerStatuses") or []
+        previous = not any((c.get("state") or {}).get("terminated") for c in statuses)
+        try:
+            text = self.jobs.log_text(name, tail_lines=self.failed_tail, previous=previous)
+        except DataError:
+            return
+        for line in text.splitlines():
+            self.log(f"[{name}] {line.partition(' ')[2]}")
+
+    def _relay(self) -> None:
+        pods = self.jobs.pods(self.name, rank0=True)
+        running = [p for p in pods if (p.get("status") or {}).get("containerStatuses")]
+        if not running:
+            return
+        pod = running[-1]["metadata"]["name"]
+        if self.last_ts is None:
+            text = self.jobs.log_text(pod, tail_lines=self.first_lines)
+        else:
+            text = self.jobs.log_text(pod, since_time=self.last_ts.split(".")[0] + "Z")
+        for line in text.splitlines():
+            ts, _, msg = line.partition(" ")
+            key = _ts_key(ts)
+            if self.last_ts is not None and key <= _ts_key(self.last_ts):
+                continue
+            self.last_ts = ts
+            self.log(f"[rank0] {msg}")
+
+
+# --------------------------------------------------------------------------- the launcher
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived (BaseException: no ``except Exception`` on the way swallows it)."""
+
+
+@contextlib.contextmanager
+def sigterm_raises() -> Iterator[None]:
+    """Turn SIGTERM into :class:`Terminated` for the block (main thread only; elsewhere a no-op)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def run_job(jobs: TrainingJobs, manifest: dict[str, Any], *, timeout_s: float, poll_s: float,
             cleanup: str = "never", log: Callable[[str], None] = print, **wait_kw: Any) -> JobState:
-    """Create (or re-attach to) ``manifest``, wait for it, then clean up per ``cleanup``.
+    """Create (or re-attach to / re-create) ``manifest``, wait for it, then clean up per ``cleanup``.
 
     ``cleanup``: never | on_success | always. A failed delete (e.g. no RBAC ``delete``) is
-    logged, never raised: the run's result does not depend on it.
+    logged, never raised: the run's result does not depend on it. SIGTERM deletes the job
+    and exits 143 (``SystemExit``).
     """
     name = manifest["metadata"]["name"]
-    _, created = jobs.create_or_attach(manifest)
-    log(f"{'created' if created else 're-attached to existing'} {jobs._where(name)}")
     ok = False
-    try:
-        state = jobs.wait(name, timeout_s, poll_s, log=log, **wait_kw)
-        ok = True
-        return state
-    finally:
-        if cleanup == "always" or (cleanup == "on_success" and ok):
+    with sigterm_raises():
+        try:
+            _, how = jobs.create_or_attach(manifest, log=log, **wait_kw)
+            log(f"{HOW[how]} {jobs._where(name)}")
+            state = jobs.wait(name, timeout_s, poll_s, log=log, **wait_kw)
+            ok = True
+            return state
+        except Terminated:
+            log(f"SIGTERM: deleting {jobs._where(name)} so its GPUs are released")
             try:
-                log(f"deleted {jobs._where(name)}" if jobs.delete(name)
-                    else f"{jobs._where(name)} already gone")
+                jobs.delete(name)
             except DataError as exc:
-                log(f"cleanup: {exc}; delete it by hand")
+                log(f"{exc}; delete it by hand")
+            raise SystemExit(EXIT_SIGTERM) from None
+        finally:
+            if cleanup == "always" or (cleanup == "on_success" and ok):
+                try:
+                    log(f"deleted {jobs._where(name)}" if jobs.delete(name)
+                        else f"{jobs._where(name)} already gone")
+                except DataError as exc:
+                    log(f"cleanup: {exc}; delete it by hand")

@@ -13,10 +13,8 @@ stats, metrics, models) are real artifacts.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -29,8 +27,13 @@ from egnet.core.errors import ConfigError, DataError, GateRefused, StepFailed
 POINTER = "dataset.json"
 QUARANTINE = "quarantine.txt"
 MODEL_FILES = ("model.pt", "mlflow_run_id", "train_summary.json")
-#: what the train step's pod asks for when it only launches and watches a multi-node job
-LAUNCHER_RESOURCES = {"cpu_request": "500m", "cpu_limit": "1", "memory_request": "1Gi", "memory_limit": "2Gi"}
+RESOURCE_KEYS = ("cpu_request", "cpu_limit", "memory_request", "memory_limit")
+#: MLflow tags that link a training run to its KFP run (set when the run starts, EGNET_RUN_TAGS)
+KFP_TAGS = ("kfp_run_id", "kfp_run_name", "kfp_pipeline_version")
+#: the tag the pipeline's exit handler sets on the training run: the KFP run's final state
+FINAL_STATE_TAG = "kfp_final_state"
+#: KFP final states of a run that ended well (MLMD ``COMPLETE``; kfp.local says ``SUCCEEDED``)
+SUCCESS_STATES = ("COMPLETE", "SUCCEEDED")
 
 
 #: runs ``egnet <argv> <config>`` and raises StepFailed on a non-zero exit (``egnet.cli.run_step``)
@@ -56,9 +59,16 @@ def config_args(params_file: str = "", profile: str = "", overrides: Sequence[st
 
 
 def use_tracking(mlflow_uri: str) -> None:
-    """A non-empty pipeline ``mlflow_uri`` wins over the pod's MLFLOW_TRACKING_URI."""
+    """A non-empty pipeline ``mlflow_uri`` wins over the pod's MLFLOW_TRACKING_URI.
+
+    ``MLFLOW_RUN_ID`` is dropped: KFP 2.17's MLflow plugin (when a cluster enables it with
+    ``injectUserEnvVars``) injects its own per-task run there, and ``mlflow.start_run()``
+    would silently log the training into it instead of the run the steps manage.
+    """
     if mlflow_uri:
         os.environ["MLFLOW_TRACKING_URI"] = mlflow_uri
+    if os.environ.pop("MLFLOW_RUN_ID", None):
+        print("ignoring MLFLOW_RUN_ID (KFP's MLflow plugin): the steps manage their own MLflow runs")
 
 
 # --------------------------------------------------------------------------- data pointer
@@ -101,39 +111,50 @@ def quarantine_file(artifact_path: str | Path) -> str | None:
     return str(q) if q.exists() else None
 
 
-def _is_commit(rev: str) -> bool:
-    return re.fullmatch(r"[0-9a-f]{40}", rev or "") is not None
-
-
-def materialise_data(data_repo: str, data_rev: str, data_repo_path: str, data_path: str, data_cache: str,
-                     out: Any) -> dict[str, Any]:
-    """Make the data available and point ``out`` at it.
-
-    With ``data_repo``: fetch ``data_repo_path`` at ``data_rev`` (DVC, no checkout) into
-    ``data_cache/<hash of repo, rev, path>``; a folder already fetched for the same
-    commit is reused. Without: use ``data_path`` as it is. Either way the pointer carries
-    the ``data_version`` tag (``dvc:md5:...`` or ``content:...``).
-    """
+def resolve_data(data_repo: str, data_rev: str, data_repo_path: str, data_path: str, data_cache: str,
+                 max_age_days: float) -> dict[str, str]:
+    """The ``resolve-data`` step (uncached, every run): what data this run uses, as strings the
+    cached steps after it key on. ``data_repo``: ``data_rev`` (tag, branch, "" = HEAD) resolved
+    to its commit, and ``data_key`` = ``git:<commit>#<generation>`` (egnet.pipeline.datacache;
+    also reclaims versions unused for ``max_age_days``). No repo: ``data_key`` =
+    ``path:<data_path>#<its data_version>``, which changes when the files do."""
     from egnet.data import versioning
+    from egnet.pipeline import datacache
 
     if data_repo:
-        key = hashlib.sha256(f"{data_repo}\n{data_rev}\n{data_repo_path}".encode()).hexdigest()[:16]
-        root = Path(data_cache) / key
-        marker = root / versioning.MARKER
-        fetched = json.loads(marker.read_text()) if marker.is_file() else {}
-        if _is_commit(data_rev) and fetched.get("rev") == data_rev:
-            print(f"reusing {root} ({data_repo}@{data_rev})")
-        else:
-            print(f"fetching {data_repo_path} of {data_repo}@{data_rev or 'default branch'} into {root}",
-                  flush=True)
-            versioning.materialise(data_repo, data_rev or None, data_repo_path, out=root)
-        source = {"repo": data_repo, "rev": data_rev, "path": data_repo_path}
+        r = datacache.resolve(data_repo, data_rev, data_repo_path, data_cache, max_age_days)
+        return {"commit": r.commit, "data_key": r.data_key}
+    root = Path(data_path)
+    if not root.is_dir():
+        raise DataError(f"data_path {data_path}: not a directory (and no data_repo given)")
+    version = versioning.data_version(root)
+    print(f"data {root} ({version})")
+    return {"commit": "", "data_key": f"path:{root.resolve()}#{version}"}
+
+
+def materialise_data(data_repo: str, data_commit: str, data_repo_path: str, data_path: str, data_cache: str,
+                     out: Any, data_key: str = "") -> dict[str, Any]:
+    """Make the data available and point ``out`` at it.
+
+    With ``data_repo``: the version of ``data_repo_path`` at ``data_commit`` (a tag or branch
+    is resolved first; the pipeline passes the commit ``resolve-data`` found) in its
+    write-once folder ``data_cache/<repo+path hash>/<commit>``, fetched with DVC (no checkout)
+    unless it is there. Without: ``data_path`` as it is. Either way the pointer carries the
+    ``data_version`` tag (``git:<commit>``, ``dvc:md5:...`` or ``content:...``) and ``data_key``.
+    """
+    from egnet.data import versioning
+    from egnet.pipeline import datacache
+
+    if data_repo:
+        commit = versioning.resolve_commit(data_repo, data_commit or None)
+        root = datacache.fetch_once(data_repo, commit, data_repo_path, data_cache)
+        source = {"repo": data_repo, "commit": commit, "path": data_repo_path}
     else:
         root = Path(data_path)
         if not root.is_dir():
             raise DataError(f"data_path {data_path}: not a directory (and no data_repo given)")
         source = {"path": data_path}
-    doc = write_pointer(out, root, data_version=versioning.data_version(root), **source)
+    doc = write_pointer(out, root, data_version=versioning.data_version(root), data_key=data_key, **source)
     print(f"data {doc['root']} ({doc['data_version']})")
     return doc
 
@@ -200,15 +221,23 @@ def train_metrics(summary: dict[str, Any]) -> dict[str, Any]:
 # --------------------------------------------------------------------------- train
 
 
-def train_pod_resources(nodes: int, gpus_per_node: int, cpu_request: str, cpu_limit: str,
-                        memory_request: str, memory_limit: str) -> dict[str, Any]:
-    """What the train step's own pod requests: the training's resources when it trains in
-    the pod (one node), a launcher's when a multi-node job does the work. Holding GPUs in a
-    pod that only waits would waste them and can deadlock a small cluster."""
-    if nodes > 1:
-        return {"gpus": 0, **LAUNCHER_RESOURCES}
-    return {"gpus": gpus_per_node, "cpu_request": cpu_request, "cpu_limit": cpu_limit,
-            "memory_request": memory_request, "memory_limit": memory_limit}
+def train_pod_resources(nodes: int, gpus_per_node: int, *, training: dict[str, str], launcher: dict[str, str],
+                        accelerator: str, image: str, cpu_image: str, node_selector: dict[str, str],
+                        tolerations: list[dict[str, Any]]) -> dict[str, Any]:
+    """What the train step's own pod asks for. One node: the training's GPUs (a count as a
+    string: KFP resolves resource placeholders only from STRING values), CPU/memory, the CUDA
+    image, the GPU node selector and tolerations. Several nodes: the pod only launches and
+    watches the job, so no GPU, the ``step_*`` resources, the CPU image, any node (holding GPUs
+    in a pod that only waits would waste them and can deadlock a small cluster). Every
+    quantity is a string (``training``/``launcher``: the ``RESOURCE_KEYS``)."""
+    if nodes > 1 or gpus_per_node < 1:
+        pod = {"accelerator": "", "gpus": "0", "node_selector": {}, "tolerations": []}
+        pod.update({k: str(launcher[k]) for k in RESOURCE_KEYS} if nodes > 1
+                   else {k: str(training[k]) for k in RESOURCE_KEYS})
+        return {**pod, "image": cpu_image}
+    return {"accelerator": accelerator, "gpus": str(gpus_per_node),
+            **{k: str(training[k]) for k in RESOURCE_KEYS}, "image": image,
+            "node_selector": dict(node_selector), "tolerations": [dict(t) for t in tolerations]}
 
 
 def torchrun_command(nproc: int, argv: Sequence[str]) -> list[str]:
@@ -244,23 +273,48 @@ def _stage_on_pvc(split_dir: str, quarantine: str | None, data: str, job: str,
     return str(stage / "split"), q
 
 
+def cpu_image_of(image: str, cpu_image: str = "") -> str:
+    """The image of the CPU steps: ``cpu_image``, else ``<image>-cpu`` (the tag ``make image``
+    pushes beside the CUDA one). An image pinned by digest has no tag to extend: name it."""
+    if cpu_image:
+        return cpu_image
+    if "@" in image:
+        raise ConfigError(f"image {image}: pinned by digest, so the CPU image cannot be derived; "
+                          "set pipeline.cpu_image (or --param cpu_image=...)")
+    return f"{image}-cpu" if ":" in image.rsplit("/", 1)[-1] else f"{image}:latest-cpu"
+
+
+def kfp_run_tags(run_id: str, run_name: str = "", pipeline_version: str = "") -> dict[str, str]:
+    """The MLflow tags that link a training run to its KFP run (empty values left out)."""
+    values = (run_id, run_name, pipeline_version)
+    return {k: str(v) for k, v in zip(KFP_TAGS, values, strict=True) if v}
+
+
 def run_training(*, data: str, split: str, quarantine: str | None, model_dir: str, nodes: int,
                  gpus_per_node: int, image: str, train_out: str, run_id: str, job_kind: str,
                  cluster: dict[str, Any], config: list[str], run: Runner, mlflow_uri: str = "",
+                 run_name: str = "", pipeline_version: str = "",
                  jobs_factory: Callable[[str], Any] | None = None) -> dict[str, Any]:
     """Train in this process (one GPU or CPU), under ``torchrun`` in this pod (one node, N
     GPUs), or as a TrainJob/PyTorchJob of ``nodes`` pods; then put model.pt, mlflow_run_id and
     train_summary.json into ``model_dir``. Returns the train summary.
 
     The job name and the ``--out`` location derive from the KFP run id, so a retried step
-    resumes from the run's checkpoints and re-attaches to its job instead of starting over.
+    resumes from the run's checkpoints and re-attaches to its job instead of starting over
+    (a job found Failed or Suspended is deleted and created again: egnet.pipeline.jobs). The
+    MLflow run gets the KFP run id, run name and pipeline version as tags when it starts
+    (``EGNET_RUN_TAGS``), so the exit handler finds it even when training fails. The job is
+    owned by this pod (``EGNET_POD_NAME``/``EGNET_POD_UID``, from the downward API) when known.
     """
     from egnet.core.storage import Location
     from egnet.pipeline import trainjob
     from egnet.pipeline.jobs import TrainingJobs, run_job
+    from egnet.tracking.runs import RUN_TAGS_ENV
 
     job = trainjob.job_name(run_id)
     out = train_location(train_out, job, model_dir)
+    tags = json.dumps(kfp_run_tags(run_id, run_name, pipeline_version), sort_keys=True)
+    os.environ[RUN_TAGS_ENV] = tags      # in-process and torchrun training read it here
 
     def argv(split_dir: str, q: str | None) -> list[str]:
         return ["train", "--data", data, "--split", split_dir, "--out", out,
@@ -272,10 +326,11 @@ def run_training(*, data: str, split: str, quarantine: str | None, model_dir: st
         split_pvc, q_pvc = _stage_on_pvc(split, quarantine, data, job, cluster["data_mount"])
         spec = trainjob.JobSpec.from_cluster(cluster, name=job, image=image, nodes=nodes,
                                              gpus_per_node=gpus_per_node, args=argv(split_pvc, q_pvc)[1:],
-                                             run_id=run_id, mlflow_uri=mlflow_uri)
+                                             run_id=run_id, mlflow_uri=mlflow_uri,
+                                             extra_env={RUN_TAGS_ENV: tags}, owner=trainjob.pod_owner())
         jobs = (jobs_factory or (lambda kind: TrainingJobs.in_cluster(kind)))(job_kind)
         run_job(jobs, trainjob.build(job_kind, spec), timeout_s=float(cluster["wait_timeout_s"]),
-                         poll_s=float(cluster["poll_s"]), cleanup=cluster["cleanup"])
+                poll_s=float(cluster["poll_s"]), cleanup=cluster["cleanup"])
     elif gpus_per_node > 1:
         cmd = torchrun_command(gpus_per_node, argv(split, quarantine))
         print(" ".join(cmd), flush=True)
@@ -292,6 +347,138 @@ def run_training(*, data: str, split: str, quarantine: str | None, model_dir: st
     summary = json.loads((Path(model_dir) / "train_summary.json").read_text())
     summary["train_out"] = out
     return summary
+
+
+# --------------------------------------------------------------------------- the exit handler
+
+
+def finalize_run(state: str, run_id: str, run_name: str, *, nodes: int, job_kind: str,
+                 cluster: dict[str, Any], params_file: str = "", profile: str = "",
+                 overrides: Sequence[str] | None = (), experiment: str = "",
+                 jobs_factory: Callable[[str], Any] | None = None,
+                 log: Callable[[str], None] = print) -> dict[str, Any]:
+    """The pipeline's exit handler (``dsl.ExitHandler``: it runs after the run succeeded, failed
+    or was terminated). Stops the run's training job if it still runs (a cancelled run must
+    not hold GPUs for up to ``active_deadline_s``) and deletes a finished one per
+    ``pipeline.cleanup``; tags the run's MLflow training run ``kfp_final_state=<state>`` (and
+    ends it as KILLED if it is still open); prints one status line. Never fails the run
+    over an unreachable API: each problem is a line in the log."""
+    from egnet.pipeline import trainjob
+
+    ok = state in SUCCESS_STATES
+    job, mlflow_run = "none", "none"
+    if nodes > 1:
+        job = _finalize_job(trainjob.job_name(run_id), job_kind, cluster, jobs_factory, log)
+    try:
+        mlflow_run = _finalize_mlflow(run_id, state, ok, params_file, profile, overrides, experiment)
+    except Exception as exc:  # noqa: BLE001 - the run's outcome is decided; report, do not fail
+        mlflow_run = f"not tagged ({str(exc).splitlines()[0][:200]})"
+    line = f"run {run_name or '-'} ({run_id}): {state}; training job: {job}; MLflow run: {mlflow_run}"
+    log(line)
+    return {"state": state, "job": job, "mlflow_run": mlflow_run, "line": line}
+
+
+def _finalize_job(name: str, job_kind: str, cluster: dict[str, Any],
+                  jobs_factory: Callable[[str], Any] | None, log: Callable[[str], None]) -> str:
+    from egnet.core.errors import EgnetError
+    from egnet.pipeline.jobs import TrainingJobs, job_state
+
+    try:
+        jobs = (jobs_factory or (lambda kind: TrainingJobs.in_cluster(kind)))(job_kind)
+        obj = jobs.get(name)
+        if obj is None:
+            return f"{name} not found (never created, or already deleted)"
+        state = job_state(obj)
+        if not state.done:
+            jobs.delete(name)
+            return f"{name} was {state.phase}: deleted (its pods stop now)"
+        policy = cluster.get("cleanup", "never")
+        if policy == "always" or (policy == "on_success" and state.phase == "succeeded"):
+            jobs.delete(name)
+            return f"{name} {state.phase}: deleted (cleanup {policy})"
+        return f"{name} {state.phase}: kept (cleanup {policy})"
+    except EgnetError as exc:
+        log(f"training job {name}: {exc}")
+        return f"{name}: unknown ({exc})"
+
+
+def _finalize_mlflow(run_id: str, state: str, ok: bool, params_file: str, profile: str,
+                     overrides: Sequence[str] | None, experiment: str) -> str:
+    from egnet.core.config import load_config
+    from egnet.tracking.client import client_for
+    from egnet.tracking.runs import fast_http_env
+
+    fast_http_env()     # an exit handler must not hang on MLflow's default minutes of retries
+    cfg = load_config(params_file or None, profile or None,
+                      [*(overrides or []), *([f"tracking.experiment={experiment}"] if experiment else [])])
+    client = client_for(cfg)
+    exp = client.get_experiment_by_name(cfg.tracking.experiment)
+    runs = client.search_runs([exp.experiment_id], f"tags.{KFP_TAGS[0]} = '{run_id}'") if exp else []
+    if not runs:
+        return f"none tagged {KFP_TAGS[0]}={run_id} in experiment {cfg.tracking.experiment}"
+    for r in runs:
+        client.set_tag(r.info.run_id, FINAL_STATE_TAG, state)
+        if r.info.status == "RUNNING" and not ok:
+            client.set_terminated(r.info.run_id, "KILLED")
+    return ", ".join(f"{r.info.run_id} tagged {FINAL_STATE_TAG}={state}" for r in runs)
+
+
+# --------------------------------------------------------------------------- cross-links
+
+
+def registration_links(reg: dict[str, Any], experiment_id: str = "", ui: str | None = None) -> str:
+    """The register step's Markdown for the KFP UI: links to the MLflow run and model version.
+
+    ``ui``: the MLflow UI's address as a browser reaches it (``MLFLOW_UI_URL``), else the
+    tracking URI when it is http(s); links are left out when neither is known."""
+    if ui is None:
+        ui = os.environ.get("MLFLOW_UI_URL") or os.environ.get("MLFLOW_TRACKING_URI", "")
+    base = ui.rstrip("/") if ui.startswith(("http://", "https://")) else ""
+    name, version, run = reg["name"], reg["version"], reg["run_id"]
+    run_ref = (f"[{run}]({base}/#/experiments/{experiment_id}/runs/{run})" if base and experiment_id
+               else f"`{run}`")
+    ver_ref = (f"[{name} v{version}]({base}/#/models/{name}/versions/{version})" if base
+               else f"`{name} v{version}`")
+    return "\n".join([
+        f"# Registered {name} v{version}", "",
+        f"- MLflow run: {run_ref}",
+        f"- model version: {ver_ref} (aliases: {', '.join(reg.get('aliases') or []) or 'none'})",
+        f"- model URI: `{reg.get('model_uri', f'models:/{name}/{version}')}`",
+    ]) + "\n"
+
+
+def experiment_of(run_id: str) -> str:
+    """The MLflow experiment id of ``run_id`` ("" when the server does not answer)."""
+    import mlflow
+
+    try:
+        return mlflow.MlflowClient().get_run(run_id).info.experiment_id
+    except Exception:  # noqa: BLE001 - links are a convenience
+        return ""
+
+
+def confusion_matrix(evaluation_dir: str | Path) -> tuple[list[str], list[list[int]]]:
+    """The evaluation's class confusion (rows: ground truth, columns: prediction; pixels of
+    all exposure bins) as (class names, matrix) for a KFP ClassificationMetrics artifact.
+    From ``confusion.npy`` ([bin, class, class + not-a-class]); the not-a-class column (an
+    ignore-valued prediction) has no category of its own and is left out."""
+    import numpy as np
+
+    out = Path(evaluation_dir)
+    names = list(json.loads((out / "metrics.json").read_text())["IoU"])
+    counts = np.load(out / "confusion.npy")
+    matrix = counts.sum(axis=0)[:, : len(names)]
+    return names, [[int(v) for v in row] for row in matrix]
+
+
+def record_evaluation(evaluation_dir: str | Path, metrics: Any, confusion: Any) -> dict[str, Any]:
+    """The evaluate step's KFP artifacts: metrics.json's numbers into the Metrics artifact (the
+    MLflow names), the class confusion into the ClassificationMetrics one. Returns metrics.json."""
+    doc = json.loads((Path(evaluation_dir) / "metrics.json").read_text())
+    log_metrics(metrics, evaluation_metrics(doc))
+    names, matrix = confusion_matrix(evaluation_dir)
+    confusion.log_confusion_matrix(names, matrix)
+    return doc
 
 
 # --------------------------------------------------------------------------- gate

@@ -10,12 +10,15 @@ Two custom resources run the same ``torchrun -m egnet.cli train`` on ``nodes`` G
 
 The builders are pure functions returning dicts shaped exactly like the templates in
 ``k8s/training/`` (tests/pipeline/test_trainjob.py builds the templates' example run and compares);
-:mod:`egnet.pipeline.jobs` creates, re-attaches to, polls and deletes them.
+:mod:`egnet.pipeline.jobs` creates, re-attaches to (or re-creates), polls and deletes them.
+A command that renders a manifest (``render-job``) needs only :class:`JobSpec` and
+:func:`build`: no cluster, no KFP.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +29,8 @@ PYTORCHJOB = {"group": "kubeflow.org", "version": "v1", "plural": "pytorchjobs",
 KINDS = {"trainjob": TRAINJOB, "pytorchjob": PYTORCHJOB}
 NAME_PREFIX = "egnet-train-"
 RUN_LABEL = "egnet.io/kfp-run"
+#: the launcher pod's name and uid (the train step gets them from the downward API): the job's owner
+POD_NAME_ENV, POD_UID_ENV = "EGNET_POD_NAME", "EGNET_POD_UID"
 PATCH_MANAGER = "egnet.io/pipeline"
 UID = 10001                      # the image's user (docker/Dockerfile)
 HOME = "/home/egnet"
@@ -68,12 +73,15 @@ class JobSpec:
     runtime: str
     active_deadline_s: int
     labels: dict[str, str] = field(default_factory=dict)   # extra object labels (e.g. the KFP run)
+    owner: dict[str, Any] | None = None   # an ownerReference (the launcher pod): GC deletes the job with it
 
     @classmethod
     def from_cluster(cls, cluster: dict[str, Any], *, name: str, image: str, nodes: int, gpus_per_node: int,
-                     args: list[str], run_id: str | None = None, mlflow_uri: str = "") -> JobSpec:
+                     args: list[str], run_id: str | None = None, mlflow_uri: str = "",
+                     extra_env: dict[str, str] | None = None, owner: dict[str, Any] | None = None) -> JobSpec:
         """The spec from the compile-time ``pipeline`` params (``cluster``: the keys the pipeline
-        passes the train step); ``run_id`` labels the job with the KFP run."""
+        passes the train step); ``run_id`` labels the job with the KFP run; ``extra_env``: more
+        plain variables for the training containers; ``owner``: see :func:`pod_owner`."""
         c = cluster
         selector = ({c["gpu_node_selector_key"]: c["gpu_node_selector_value"]}
                     if c["gpu_node_selector_key"] else {})
@@ -81,13 +89,33 @@ class JobSpec:
                                   c["gpu_toleration_effect"])] if c["gpu_toleration_key"] else []
         return cls(
             name=name, image=image, nodes=nodes, gpus_per_node=gpus_per_node, args=args,
-            env=pod_env(c["endpoints_configmap"], c["s3_secret"], c["mlflow_secret"], mlflow_uri),
+            env=pod_env(c["endpoints_configmap"], c["s3_secret"], c["mlflow_secret"], mlflow_uri)
+            + [{"name": k, "value": v} for k, v in sorted((extra_env or {}).items())],
             accelerator=c["accelerator"], node_selector=selector, tolerations=tolerations,
             cpu_request=c["cpu_request"], cpu_limit=c["cpu_limit"], memory_request=c["memory_request"],
             memory_limit=c["memory_limit"], shm_size=c["shm_size"], data_pvc=c["data_pvc"],
             data_mount=c["data_mount"], service_account=c["service_account"], runtime=c["trainjob_runtime"],
             active_deadline_s=int(c["active_deadline_s"]), labels={RUN_LABEL: run_id[:63]} if run_id else {},
+            owner=owner,
         )
+
+
+def pod_owner(env: dict[str, str] | None = None) -> dict[str, Any] | None:
+    """An ownerReference to the pod this runs in (``EGNET_POD_NAME`` / ``EGNET_POD_UID``), or None.
+
+    Kubernetes' garbage collector deletes a TrainJob / PyTorchJob owned by the launcher pod when
+    that pod is deleted (KFP deletes a run's pods with its workflow, ``pipeline.run_ttl_s``), so a
+    job can never outlive its run by long. Neither Trainer v2.3's webhook nor its CRD rules
+    look at ownerReferences (kubeflow/trainer ``pkg/webhooks/trainjob_webhook.go``,
+    ``trainjob_types.go``); ``blockOwnerDeletion`` is left false, which needs no permission
+    on the pod's finalizers. Not a controller reference: the Trainer / operator is the controller.
+    """
+    env = os.environ if env is None else env
+    name, uid = env.get(POD_NAME_ENV, ""), env.get(POD_UID_ENV, "")
+    if not (name and uid):
+        return None
+    return {"apiVersion": "v1", "kind": "Pod", "name": name, "uid": uid, "controller": False,
+            "blockOwnerDeletion": False}
 
 
 def toleration(key: str, value: str, effect: str) -> dict[str, str]:
@@ -122,6 +150,13 @@ def pod_env(endpoints_configmap: str, s3_secret: str, mlflow_secret: str = "",
                 for k in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")]
     # torch hub caches the ImageNet backbone weights here (a writable emptyDir)
     return env + [{"name": "TORCH_HOME", "value": f"{HOME}/.cache/torch"}]
+
+
+def _metadata(spec: JobSpec) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": spec.name, "labels": _labels(spec)}
+    if spec.owner:
+        meta["ownerReferences"] = [dict(spec.owner)]
+    return meta
 
 
 def _labels(spec: JobSpec) -> dict[str, str]:
@@ -193,7 +228,7 @@ def build_trainjob(spec: JobSpec) -> dict[str, Any]:
     return {
         "apiVersion": f"{TRAINJOB['group']}/{TRAINJOB['version']}",
         "kind": TRAINJOB["kind"],
-        "metadata": {"name": spec.name, "labels": _labels(spec)},
+        "metadata": _metadata(spec),
         "spec": {
             "runtimeRef": {"name": spec.runtime},
             "activeDeadlineSeconds": spec.active_deadline_s,
@@ -260,7 +295,7 @@ def build_pytorchjob(spec: JobSpec) -> dict[str, Any]:
     return {
         "apiVersion": f"{PYTORCHJOB['group']}/{PYTORCHJOB['version']}",
         "kind": PYTORCHJOB["kind"],
-        "metadata": {"name": spec.name, "labels": _labels(spec)},
+        "metadata": _metadata(spec),
         "spec": {
             "nprocPerNode": str(g),
             "runPolicy": {"backoffLimit": 3, "activeDeadlineSeconds": spec.active_deadline_s,

@@ -7,7 +7,10 @@ reached is a ConfigError (exit 2) raised before any training starts.
 Inside the training loop MLflow must never stop training: :class:`RunLogger`
 buffers metrics, sends them in batches, and when the server is away it warns
 once, backs off, and flushes the buffer when the server answers again.
-Tags: ``git_commit``, ``data_version``, ``params_hash``.
+Tags: ``git_commit``, ``data_version``, ``params_hash``; for data a pipeline fetched from a
+git+DVC repo also ``data_repo``, ``data_repo_path``, ``data_md5``; and whatever the JSON object
+in ``EGNET_RUN_TAGS`` holds (the pipeline's train step: ``kfp_run_id``, ``kfp_run_name``,
+``kfp_pipeline_version``).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from typing import Any
 
 from egnet.core.config import Config
 from egnet.core.errors import ConfigError
-from egnet.data.versioning import data_version
+from egnet.data.versioning import data_version, read_marker
 
 log = logging.getLogger(__name__)
 
@@ -118,13 +121,39 @@ def git_commit(cwd: str | Path | None = None) -> str:
 LINEAGE_TAGS = ("git_commit", "data_version", "params_hash")
 
 
+#: a JSON object of extra tags for the run a training process starts (set by the pipeline's train step)
+RUN_TAGS_ENV = "EGNET_RUN_TAGS"
+
+
+def extra_tags() -> dict[str, str]:
+    """The tags ``$EGNET_RUN_TAGS`` names (a JSON object); a malformed value is a ConfigError."""
+    import json
+
+    raw = os.environ.get(RUN_TAGS_ENV, "").strip()
+    if not raw:
+        return {}
+    try:
+        tags = json.loads(raw)
+        if not isinstance(tags, dict):
+            raise ValueError("not an object")
+    except ValueError as exc:
+        raise ConfigError(f"{RUN_TAGS_ENV}={raw[:80]!r}: expected a JSON object of tags ({exc})") from None
+    return {str(k): str(v) for k, v in tags.items()}
+
+
 def run_tags(cfg: Config, data_root: str | Path, split_dir: str | Path) -> dict[str, str]:
-    """The lineage tags every training run carries."""
-    return {
+    """The lineage tags every training run carries, plus where fetched data came from and
+    the extra tags of ``$EGNET_RUN_TAGS``."""
+    tags = {
         "git_commit": git_commit(Path(__file__).resolve().parent),
         "data_version": data_version(data_root, split_dir),
         "params_hash": cfg.params_hash(),
     }
+    marker = read_marker(data_root) or {}
+    if marker.get("repo"):
+        tags.update(data_repo=str(marker["repo"]), data_repo_path=str(marker.get("path", "")),
+                    data_md5=str(marker.get("md5", "")))
+    return {**extra_tags(), **tags}
 
 
 class RunLogger:

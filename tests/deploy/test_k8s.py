@@ -70,7 +70,10 @@ def ids(items) -> list[str]:
 def test_overlays_render_into_one_namespace(env):
     objs = render(OVERLAYS[env])
     assert len(objs) >= 9
-    assert {o["metadata"].get("namespace") for o in objs} == {"egnet"}
+    assert {o["metadata"].get("namespace") for o in objs if o["kind"] != "Namespace"} == {"egnet"}
+    # the namespace itself (cluster-scoped), with Pod Security Admission `restricted` enforced
+    assert find(objs, "Namespace", "egnet")["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == \
+        "restricted"
     assert all(o["metadata"]["labels"]["app.kubernetes.io/part-of"] == "egnet" for o in objs)
     names = [(o["kind"], o["metadata"]["name"]) for o in objs]
     assert len(names) == len(set(names)), "duplicate objects"
@@ -352,11 +355,15 @@ def test_pipeline_role_is_least_privilege():
     role = find(objs, "Role", "egnet-pipeline")
     rules = {(tuple(r["apiGroups"]), tuple(r["resources"])): r for r in role["rules"]}
     assert set(rules) == {(("trainer.kubeflow.org",), ("trainjobs",)), (("kubeflow.org",), ("pytorchjobs",)),
-                          (("",), ("secrets",))}
+                          (("",), ("secrets",)), (("",), ("pods",)), (("",), ("pods/log",))}
     for r in role["rules"]:
         assert "*" not in r["verbs"] + r["apiGroups"] + r["resources"]
+    # delete: a retried step re-creates a Failed/Suspended job; SIGTERM and the exit handler stop one
     for key in [(("trainer.kubeflow.org",), ("trainjobs",)), (("kubeflow.org",), ("pytorchjobs",))]:
-        assert set(rules[key]["verbs"]) == {"create", "get", "list", "watch"}
+        assert set(rules[key]["verbs"]) == {"create", "get", "list", "watch", "delete"}
+    # the launcher reads its job's pods and rank 0's log, and changes no pod
+    assert set(rules[(("",), ("pods",))]["verbs"]) == {"get", "list"}
+    assert rules[(("",), ("pods/log",))]["verbs"] == ["get"]
     secrets = rules[(("",), ("secrets",))]
     assert secrets["verbs"] == ["get"] and secrets["resourceNames"] == ["egnet-s3"]
     assert not [o for o in objs if o["kind"] in ("ClusterRole", "ClusterRoleBinding")]

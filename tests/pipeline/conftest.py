@@ -5,6 +5,7 @@ Kubernetes API), since neither server runs here.
 records every request (a ``Request``: method, path, query, headers lower-cased, raw body, its
 ``json``, and ``extra`` for what a handler keeps); the test reads ``stub.url``,
 ``stub.requests`` and ``stub.find(method, path)``. Servers stop at the end of the test.
+A body of ``bytes`` is sent as it is, as ``text/plain`` (e.g. a pod's log).
 """
 
 from __future__ import annotations
@@ -66,9 +67,10 @@ def _start_stub(handle: Callable[[Request], tuple[int, Any]], servers: list[Thre
                 req.json = json.loads(raw)
             requests.append(req)
             code, body = handle(req)
-            data = json.dumps(body).encode()
+            raw = isinstance(body, bytes)
+            data = body if raw else json.dumps(body).encode()
             self.send_response(code)
-            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Type", "text/plain" if raw else "application/json")
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
             self.wfile.write(data)

@@ -34,6 +34,8 @@ class FakeKFP:
         self.pipelines: dict[str, dict] = {}
         self.versions: dict[str, list[dict]] = {}
         self.experiments: dict[str, dict] = {}
+        self.recurring: dict[str, dict] = {}
+        self.tag_name = "2.17.0"           # what the backend's healthz reports (TAG_NAME of its image)
 
     def _upload(self, req) -> dict:
         ctype = req.headers["content-type"]
@@ -46,7 +48,7 @@ class FakeKFP:
     def handle(self, req) -> tuple[int, dict]:
         path, q = req.path, req.query
         if path == "/apis/v2beta1/healthz":
-            return 200, {"multi_user": False}
+            return 200, {"multi_user": False, "tag_name": self.tag_name, "commit_sha": "0123abc"}
         if path == "/apis/v2beta1/pipelines" and req.method == "GET":
             want = json.loads(q["filter"][0])["predicates"][0]["stringValue"] if "filter" in q else None
             found = [p for p in self.pipelines.values() if want in (None, p["display_name"])]
@@ -77,8 +79,27 @@ class FakeKFP:
             return 200, e
         if path == "/apis/v2beta1/runs":
             return 200, {**req.json, "run_id": str(uuid.uuid4())}
+        if path == "/apis/v2beta1/recurringruns" and req.method == "GET":
+            found = list(self.recurring.values())
+            if "filter" in q:
+                want = json.loads(q["filter"][0])["predicates"][0]["stringValue"]
+                found = [r for r in found if r["display_name"] == want]
+            # the proto field is camelCase: v2beta1 ListRecurringRunsResponse.recurringRuns
+            return 200, {"recurringRuns": found, "total_size": len(found)}
         if path == "/apis/v2beta1/recurringruns":
-            return 200, {**req.json, "recurring_run_id": str(uuid.uuid4())}
+            rec = {**req.json, "recurring_run_id": str(uuid.uuid4()),
+                   "status": "ENABLED" if req.json.get("mode") == "ENABLE" else "DISABLED"}
+            self.recurring[rec["recurring_run_id"]] = rec
+            return 200, rec
+        if path.startswith("/apis/v2beta1/recurringruns/"):
+            rid, _, action = path.rsplit("/", 1)[1].partition(":")
+            if rid not in self.recurring:
+                return 404, {"error_message": f"no recurring run {rid}"}
+            if req.method == "DELETE":
+                del self.recurring[rid]
+            elif action in ("enable", "disable"):
+                self.recurring[rid].update(status=f"{action.upper()}D", mode=action.upper())
+            return 200, self.recurring.get(rid, {})
         return 404, {"error_message": f"stub: no {req.method} {path}"}
 
 
@@ -115,8 +136,10 @@ def test_submit_uploads_the_compiled_spec_and_starts_a_run(kfp_server, monkeypat
     assert body["pipeline_version_reference"]["pipeline_version_id"] == version["pipeline_version_id"]
     assert body["experiment_id"] == exp_id(kfp_server, "weekly")
     # typed parameters; --set of a step section travels as the `overrides` parameter
+    # (and the uploaded version's name, an MLflow tag of the training run)
     assert body["runtime_config"]["parameters"] == {"nodes": 2, "data_rev": "v1.2",
-                                                    "overrides": ["train.lr=0.02"]}
+                                                    "overrides": ["train.lr=0.02"],
+                                                    "pipeline_version": version["display_name"]}
     assert "pipeline_spec" not in body or body["pipeline_spec"] is None   # runs the uploaded version
     assert all(r.headers.get("authorization") == "Bearer secret-token" for r in kfp_server.requests)
     out = capsys.readouterr().out
@@ -142,7 +165,7 @@ def test_second_submit_adds_a_version_and_reuses_the_experiment(kfp_server, caps
     assert [r.json["pipeline_version_reference"]["pipeline_version_id"] for r in runs] == [
         v["pipeline_version_id"] for v in reversed(kfp_server.versions[pid])]
     assert len(kfp_server.find("POST", "/apis/v2beta1/experiments")) == 1   # created once, then found
-    assert runs[1].json["runtime_config"].get("parameters") in (None, {})
+    assert runs[1].json["runtime_config"]["parameters"] == {"pipeline_version": upv.query["name"][0]}
     assert "new version" in capsys.readouterr().out
 
 
@@ -157,7 +180,8 @@ def test_schedule_creates_a_weekly_recurring_run(kfp_server, capsys):
     assert int(body["max_concurrency"]) == 1
     assert body["no_catchup"] is True
     assert body["mode"] == "ENABLE"
-    assert body["runtime_config"]["parameters"] == {"data_rev": "main"}
+    assert body["runtime_config"]["parameters"] == {"data_rev": "main",
+                                                    "pipeline_version": "nightcity-egnet-training"}
     (upload,) = kfp_server.find("POST", "/apis/v2beta1/pipelines/upload")
     assert upload.extra["uploaded"] == COMPILED.read_text()
     assert body["pipeline_version_reference"]["pipeline_id"] == next(iter(kfp_server.pipelines))
@@ -173,7 +197,8 @@ def test_compile_time_params_shape_the_uploaded_spec(kfp_server):
     assert spec["root"]["inputDefinitions"]["parameters"]["image"]["defaultValue"] == \
         "registry.example.com/team/egnet:abc123"
     (run,) = kfp_server.find("POST", "/apis/v2beta1/runs")
-    assert run.json["runtime_config"].get("parameters") in (None, {})   # pipeline.* is compile time only
+    # pipeline.* is compile time only: the run gets no parameter but the version's name
+    assert run.json["runtime_config"]["parameters"] == {"pipeline_version": "nightcity-egnet-training"}
 
 
 def test_unreachable_host_is_one_clear_line(capsys):

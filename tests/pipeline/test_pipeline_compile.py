@@ -13,11 +13,12 @@ import pytest
 import yaml
 
 from egnet.core.config import load_config
-from egnet.pipeline.steps import LAUNCHER_RESOURCES, train_pod_resources
+from egnet.pipeline.steps import train_pod_resources
 from pipelines.nightcity_training import COMPILED, compile_pipeline
 from tests.support import PARAMS, REPO
 
-STEPS_USING_PVC = {"materialise", "validate", "split", "stats", "train", "evaluate"}
+STEPS_USING_PVC = {"resolve-data", "materialise", "validate", "split", "stats", "drift", "train",
+                   "evaluate"}
 
 
 def load(path: Path) -> tuple[dict, dict]:
@@ -63,9 +64,11 @@ def test_stale_yaml_is_detected(tmp_path):
 def test_steps_order_and_gate(compiled):
     spec, _ = compiled
     tasks = all_tasks(spec)
-    assert set(tasks) == {"materialise", "validate", "split", "stats", "drift", "train-resources", "train",
-                          "evaluate", "register", "gate", "promote", "condition-1"}
+    assert set(tasks) == {"resolve-data", "materialise", "validate", "split", "stats", "drift",
+                          "train-resources", "train", "evaluate", "register", "gate", "promote", "condition-2",
+                          "exit-handler-1", "finalize"}
     deps = {name: set(t.get("dependentTasks", [])) for name, t in tasks.items()}
+    assert deps["materialise"] == {"resolve-data"}
     assert deps["validate"] == {"materialise"}
     assert deps["split"] == {"validate"}
     assert deps["drift"] == {"validate"}
@@ -75,7 +78,7 @@ def test_steps_order_and_gate(compiled):
     assert deps["register"] == {"evaluate", "train"}
     assert deps["gate"] == {"register"}
     # promote runs inside the condition on the gate's output
-    cond = tasks["condition-1"]
+    cond = tasks["condition-2"]
     assert cond["triggerPolicy"]["condition"] == \
         "inputs.parameter_values['pipelinechannel--gate-Output'] == 'promote'"
     assert set(cond["dependentTasks"]) == {"gate", "register"}
@@ -85,23 +88,26 @@ def test_steps_order_and_gate(compiled):
 def test_caching_off_where_outputs_depend_on_the_world(compiled):
     spec, _ = compiled
     tasks = all_tasks(spec)
-    for name in ("materialise", "drift", "train", "register", "gate", "promote"):  # drift: the champion moves
+    # resolve-data: a branch moves; drift: the champion moves; finalize: the exit handler
+    for name in ("resolve-data", "drift", "train", "register", "gate", "promote", "finalize"):
         assert not tasks[name]["cachingOptions"].get("enableCache", False), name
-    for name in ("validate", "split", "stats", "evaluate"):
+    # materialise is cached on the resolved commit, so the data steps after it are too
+    for name in ("materialise", "validate", "split", "stats", "train-resources", "evaluate"):
         assert tasks[name]["cachingOptions"]["enableCache"] is True, name
 
 
 @pytest.mark.kfp
 def test_train_task_gpu_and_resources(compiled):
     spec, k8s = compiled
-    res = executor(spec, "train")["resources"]
-    # accelerator count from the train-resources step (0 GPUs when a multi-node job does the work)
-    assert res["accelerator"]["resourceType"] == "nvidia.com/gpu"
-    assert res["accelerator"]["resourceCount"] == \
-        "{{$.inputs.parameters['pipelinechannel--train-resources-gpus']}}"
+    ex = executor(spec, "train")
+    res = ex["resources"]
+    # accelerator, CPU/memory and image from the train-resources step (no GPU when a multi-node job trains)
+    out = "{{{{$.inputs.parameters['pipelinechannel--train-resources-{}']}}}}".format
+    assert res["accelerator"] == {"resourceType": out("accelerator"), "resourceCount": out("gpus")}
     for field in ("cpu_request", "cpu_limit", "memory_request", "memory_limit"):
         key = "resource" + "".join(w.capitalize() for w in field.split("_"))
-        assert res[key] == f"{{{{$.inputs.parameters['pipelinechannel--train-resources-{field}']}}}}"
+        assert res[key] == out(field)
+    assert ex["image"] == out("image")
     inputs = all_tasks(spec)["train"]["inputs"]["parameters"]
     assert inputs["pipelinechannel--train-resources-gpus"]["taskOutputParameter"] == {
         "outputParameterKey": "gpus", "producerTask": "train-resources"}
@@ -110,8 +116,11 @@ def test_train_task_gpu_and_resources(compiled):
     assert inputs["run_id"]["runtimeValue"]["constant"] == "{{$.pipeline_job_uuid}}"
 
     train = k8s["exec-train"]
-    assert train["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
-    assert train["nodeSelector"]["labels"] == {"nvidia.com/gpu.present": "true"}
+    # GPU node selector and tolerations from train-resources too (none for a launcher)
+    assert train["nodeSelector"] == {"nodeSelectorJson": {"taskOutputParameter": {
+        "outputParameterKey": "node_selector", "producerTask": "train-resources"}}}
+    assert train["tolerations"] == [{"tolerationJson": {"taskOutputParameter": {
+        "outputParameterKey": "tolerations", "producerTask": "train-resources"}}}]
     assert train["emptyDirMounts"] == [{"volumeName": "dshm", "mountPath": "/dev/shm", "medium": "Memory",
                                         "sizeLimit": "16Gi"}]
     secrets = {s["secretName"]: s for s in train["secretAsEnv"]}
@@ -119,40 +128,55 @@ def test_train_task_gpu_and_resources(compiled):
         ("AWS_ACCESS_KEY_ID", "AWS_ACCESS_KEY_ID"), ("AWS_SECRET_ACCESS_KEY", "AWS_SECRET_ACCESS_KEY")}
     assert secrets["egnet-s3"]["optional"] is False
     assert secrets["egnet-mlflow"]["optional"] is True
-    (cm,) = train["configMapAsEnv"]
-    assert cm["configMapName"] == "egnet-endpoints"
-    assert "MLFLOW_TRACKING_URI" in {e["envVar"] for e in cm["keyToEnv"]}
+    required, optional = train["configMapAsEnv"]
+    assert required["configMapName"] == optional["configMapName"] == "egnet-endpoints"
+    assert "MLFLOW_TRACKING_URI" in {e["envVar"] for e in required["keyToEnv"]} and not required["optional"]
+    assert optional["optional"] is True
     assert train["pvcMount"] == [{"constant": "egnet-data", "mountPath": "/data",
                                   "pvcNameParameter": {"runtimeValue": {"constant": "egnet-data"}}}]
     assert train["podMetadata"]["labels"]["egnet.io/pipeline-access"] == "true"
+    # the launcher's name and uid: the TrainJob's ownerReference
+    assert {(f["name"], f["fieldPath"]) for f in train["fieldPathAsEnv"]} == {
+        ("EGNET_POD_NAME", "metadata.name"), ("EGNET_POD_UID", "metadata.uid")}
 
 
 @pytest.mark.kfp
 def test_evaluate_on_one_gpu(compiled):
     spec, k8s = compiled
-    res = executor(spec, "evaluate")["resources"]
+    ex = executor(spec, "evaluate")
+    res = ex["resources"]
     assert (res["accelerator"]["resourceType"], res["accelerator"]["count"]) == ("nvidia.com/gpu", "1")
-    assert res["resourceCpuRequest"] == "8" and res["resourceMemoryRequest"] == "48Gi"
-    assert k8s["exec-evaluate"]["tolerations"] and k8s["exec-evaluate"]["emptyDirMounts"]
+    assert (res["resourceCpuRequest"], res["resourceCpuLimit"]) == ("8", "16")
+    assert (res["resourceMemoryRequest"], res["resourceMemoryLimit"]) == ("48Gi", "64Gi")
+    assert ex["image"] == "{{$.inputs.parameters['pipelinechannel--image']}}"   # the CUDA image
+    assert k8s["exec-evaluate"]["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists",
+                                                    "effect": "NoSchedule"}]
+    assert k8s["exec-evaluate"]["nodeSelector"]["labels"] == {"nvidia.com/gpu.present": "true"}
+    assert k8s["exec-evaluate"]["emptyDirMounts"]
 
 
 @pytest.mark.kfp
 def test_each_step_gets_only_what_it_uses(compiled):
     spec, k8s = compiled
-    for name in ("materialise", "validate", "split", "stats", "train-resources", "train", "evaluate",
-                 "register", "gate", "promote"):
+    for name in ("resolve-data", "materialise", "validate", "split", "stats", "drift", "train-resources",
+                 "train", "evaluate", "register", "gate", "promote", "finalize"):
         cfg = k8s.get(f"exec-{name}", {})
         assert bool(cfg.get("pvcMount")) == (name in STEPS_USING_PVC), name
         s3 = [s for s in cfg.get("secretAsEnv", []) if s["secretName"] == "egnet-s3"]
-        assert bool(s3) == (name in ("materialise", "train")), name
-        talks = name in ("materialise", "train", "evaluate", "register", "gate", "promote")
+        # register / gate / promote: S3 keys for the registry lock's lease
+        assert bool(s3) == (name in ("materialise", "train", "register", "gate", "promote")), name
+        talks = name in ("materialise", "drift", "train", "evaluate", "register", "gate", "promote",
+                         "finalize")
         access = cfg.get("podMetadata", {}).get("labels", {}).get("egnet.io/pipeline-access")
         assert (access == "true") == talks, name
         assert bool(cfg.get("tolerations")) == (name in ("train", "evaluate")), name
-        # every step runs the `image` parameter (default: pipeline.image), kfp not pip-installed
+        # every step runs as the image's non-root user
+        assert cfg["securityContext"] == {"runAsUser": "10001", "runAsGroup": "10001",
+                                          "runAsNonRoot": True}, name
         ex = executor(spec, name)
-        assert ex["image"] == "{{$.inputs.parameters['pipelinechannel--image']}}", name
         assert "pip install" not in " ".join(ex["command"]), name
+        if name not in ("train", "evaluate"):   # the CPU image (`<image>-cpu` unless pipeline.cpu_image)
+            assert ex["image"] == "{{$.inputs.parameters['pipelinechannel--cpu_image']}}", name
 
 
 @pytest.mark.kfp
@@ -179,19 +203,36 @@ def test_settings_follow_params(tmp_path):
                                          "pipeline.gpu_toleration_key=gpu",
                                          "pipeline.image=registry.example.com/team/egnet:abc123"])
     spec, k8s = load(compile_pipeline(cfg, tmp_path / "p.yaml"))
-    assert k8s["exec-train"]["tolerations"] == [{"key": "gpu", "operator": "Equal", "value": "a100",
-                                                 "effect": "NoSchedule"}]
+    want = [{"key": "gpu", "operator": "Equal", "value": "a100", "effect": "NoSchedule"}]
+    assert k8s["exec-evaluate"]["tolerations"] == want
+    # the train pod's come from train-resources, which gets them as a constant
+    assert all_tasks(spec)["train-resources"]["inputs"]["parameters"]["tolerations"]["runtimeValue"][
+        "constant"] == want
     assert spec["root"]["inputDefinitions"]["parameters"]["image"]["defaultValue"] == cfg.pipeline.image
 
 
-@pytest.mark.parametrize("nodes,gpus", [(1, 1), (1, 4), (2, 8), (4, 1)])
+TRAINING = {"cpu_request": "8", "cpu_limit": "16", "memory_request": "48Gi", "memory_limit": "64Gi"}
+LAUNCHER = {"cpu_request": "250m", "cpu_limit": "1", "memory_request": "512Mi", "memory_limit": "2Gi"}
+GPU_NODE = {"nvidia.com/gpu.present": "true"}
+GPU_TOLERATION = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+
+
+@pytest.mark.parametrize("nodes,gpus", [(1, 1), (1, 4), (2, 8), (4, 1), (1, 0)])
 def test_train_pod_resources(nodes, gpus):
-    res = train_pod_resources(nodes, gpus, "8", "16", "48Gi", "64Gi")
-    if nodes == 1:
-        assert res == {"gpus": gpus, "cpu_request": "8", "cpu_limit": "16", "memory_request": "48Gi",
-                       "memory_limit": "64Gi"}
-    else:  # the pod only launches and watches the TrainJob: no GPU held for hours
-        assert res == {"gpus": 0, **LAUNCHER_RESOURCES}
+    res = train_pod_resources(nodes, gpus, training=TRAINING, launcher=LAUNCHER, accelerator="nvidia.com/gpu",
+                              image="reg/egnet:1", cpu_image="reg/egnet:1-cpu", node_selector=GPU_NODE,
+                              tolerations=GPU_TOLERATION)
+    # strings only: KFP resolves resource placeholders from STRING values
+    assert all(isinstance(res[k], str) for k in ("accelerator", "gpus", *TRAINING))
+    if nodes == 1 and gpus:
+        assert res == {"accelerator": "nvidia.com/gpu", "gpus": str(gpus), **TRAINING, "image": "reg/egnet:1",
+                       "node_selector": GPU_NODE, "tolerations": GPU_TOLERATION}
+    elif nodes == 1:   # CPU training in the pod
+        assert res == {"accelerator": "", "gpus": "0", **TRAINING, "image": "reg/egnet:1-cpu",
+                       "node_selector": {}, "tolerations": []}
+    else:  # the pod only launches and watches the TrainJob: no GPU held for hours, any node
+        assert res == {"accelerator": "", "gpus": "0", **LAUNCHER, "image": "reg/egnet:1-cpu",
+                       "node_selector": {}, "tolerations": []}
 
 
 def test_components_hold_no_logic():

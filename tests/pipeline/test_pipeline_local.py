@@ -58,8 +58,22 @@ def test_local_pipeline_registers_a_model_version(tmp_path, monkeypatch, capsys)
     assert mv.tags["data_version"].startswith(("content:", "dvc:"))
     aliases = client.get_registered_model("egnet-nightcity").aliases
     assert {a: str(v) for a, v in aliases.items()} == {"champion": "1"}
-    assert client.get_run(reg["run_id"]).data.tags["params_hash"]
+    tags = client.get_run(reg["run_id"]).data.tags
+    assert tags["params_hash"]
+    # cross-links: the KFP run (kfp.local's run id is a number) and, from the exit handler, its final state
+    assert tags["kfp_run_id"] and tags["kfp_final_state"] == "SUCCEEDED"
+    assert tags["kfp_pipeline_version"] == "local"
     assert executor_output(run_dir, "gate")["parameterValues"]["Output"] == "promote"
+    assert "MLflow run: `" + reg["run_id"] + "`" in (run_dir / "register" / "links").read_text()
+    # the ClassificationMetrics artifact: 19 classes, the pixel counts of confusion.npy over all bins
+    import numpy as np
+
+    confusion = executor_output(run_dir, "evaluate")["artifacts"]["confusion"]["artifacts"][0]["metadata"]
+    matrix = confusion["confusionMatrix"]
+    assert [a["displayName"] for a in matrix["annotationSpecs"]] == list(metrics["IoU"])
+    assert len(metrics["IoU"]) == 19
+    counts = np.load(run_dir / "evaluate" / "evaluation" / "confusion.npy").sum(axis=0)[:, :19]
+    assert [r["row"] for r in matrix["rows"]] == counts.tolist()
     assert (run_dir / "promote").is_dir()                       # ran inside dsl.If
 
     # the KFP Metrics artifact holds the same values as metrics.json
@@ -101,7 +115,7 @@ def test_materialise_step_fetches_a_dvc_revision_once(tmp_path, monkeypatch):
 
     from egnet.data import versioning
     from egnet.data.synth import synthesize
-    from egnet.data.versioning import DVC_PREFIX, dvc_add
+    from egnet.data.versioning import dvc_add
     from egnet.pipeline import steps as kfp_steps
     from tests.support.dvc import commit, dir_md5, init_repo, isolate_inprocess, tool_env
 
@@ -112,13 +126,15 @@ def test_materialise_step_fetches_a_dvc_revision_once(tmp_path, monkeypatch):
     synthesize(data, num=4, seed=2, size=(128, 64), workers=1)
     dvc_add(data)
     rev = commit(repo, env, "data v1")
-    expected = DVC_PREFIX + dir_md5(data)
+    md5 = dir_md5(data)
 
     cache = tmp_path / "pvc" / "versions"
     first = kfp_steps.materialise_data(str(repo), rev, "data/nightcity", "", str(cache),
                                        _Artifact(tmp_path / "a1"))
-    assert first["data_version"] == expected and first["rev"] == rev
-    assert Path(first["root"]).parent == cache.resolve()
+    # the data_version tag is the commit; the copy's marker keeps DVC's hash
+    assert first["data_version"] == f"git:{rev}" and first["commit"] == rev
+    assert versioning.read_marker(first["root"])["md5"] == md5
+    assert Path(first["root"]).parent.parent == cache.resolve() and Path(first["root"]).name == rev
     assert kfp_steps.data_root(tmp_path / "a1") == first["root"]
 
     def no_fetch(*a, **k):

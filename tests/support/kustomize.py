@@ -97,6 +97,8 @@ def _new_image(image: str, images: list[dict]) -> str:
 
 def _set_namespace(objs: list[dict], namespace: str, move_subject) -> None:
     for o in objs:
+        if o["kind"] == "Namespace":    # cluster-scoped: kustomize leaves it (and its name) alone
+            continue
         o["metadata"]["namespace"] = namespace
         if o["kind"] in ("RoleBinding", "ClusterRoleBinding"):
             for s in o.get("subjects", []):
