@@ -273,7 +273,8 @@ def _list_refs(repo_url: str) -> dict[str, str]:
                     refs[name + "^{}"] = peeled
             return refs
     result = porcelain.ls_remote(repo_url, include_tags=True)   # the server lists peeled tags itself
-    return {k.decode(): v.decode() for k, v in result.refs.items() if v}
+    refs = getattr(result, "refs", result)                       # a plain dict before dulwich 0.23
+    return {k.decode(): v.decode() for k, v in refs.items() if v}
 
 
 def materialise(
