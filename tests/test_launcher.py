@@ -49,6 +49,7 @@ class FakeCluster(FakeK8s):
         self.pods: list[dict] = []
         self.logs: dict[tuple[str, bool], list[str]] = {}   # (pod, previous) -> "ts line" lines
         self.linger = 0
+        self.deny_pods = False
         self._deleted: dict[str, int] = {}
 
     def handle(self, req: Request):
@@ -71,6 +72,8 @@ class FakeCluster(FakeK8s):
         return super().handle(req)
 
     def _core(self, req: Request, parts: list[str]):
+        if self.deny_pods:
+            return self._status(403, "Forbidden")
         if parts[-1] == "pods":
             want = dict(kv.split("=", 1) for kv in req.query["labelSelector"][0].split(","))
             items = [p for p in self.pods
@@ -244,6 +247,16 @@ def test_a_failing_pod_is_named_with_its_reason_and_log_tail(cluster):
     assert f"pod {JOB}-node-0-1-zzzzz: container node CrashLoopBackOff: back-off 10s" in logs
     assert f"[{JOB}-node-0-1-zzzzz] torch.OutOfMemoryError: CUDA out of memory" in logs
     assert "failed: FailedJobs" in str(err.value) and "CrashLoopBackOff" in str(err.value)
+
+
+def test_without_rbac_for_pods_the_launcher_follows_the_job_status_only(cluster):
+    obj = manifest(JOB)
+    cluster.statuses[JOB] = [cond("Running"), cond("Running"), cond("Complete")]
+    cluster.deny_pods = True
+    state, logs = run(jobs_for(cluster), obj)
+    assert state.phase == "succeeded"
+    assert sum("no permission to read the job's pods" in ln for ln in logs) == 1
+    assert sum(1 for m, p in cluster.requests if p.endswith("/pods")) == 1   # asked once, then not again
 
 
 def test_pytorchjob_rank0_is_master_0(cluster):

@@ -353,15 +353,20 @@ class PodWatch:
         self.seen: set[str] = set()
         self.last_ts: str | None = None     # the newest rank-0 log line relayed
         self.last_problem = ""
+        self.off = jobs.core is None        # no CoreV1Api, or no RBAC for pods: job status only
 
     def poll(self) -> None:
-        if self.jobs.core is None:
+        if self.off:
             return
         try:
             self._problems()
             self._relay()
         except DataError as exc:   # pods and logs are a help, never a reason to fail
             self.log(f"pods of {self.jobs._where(self.name)}: {exc}")
+            if " 403 " in f"{exc} ":
+                self.off = True
+                self.log("no permission to read the job's pods and logs (Role egnet-pipeline: pods, "
+                         "pods/log); following the job's status only")
 
     def _problems(self) -> None:
         for pod in self.jobs.pods(self.name):
@@ -388,8 +393,9 @@ class PodWatch:
 
     def _relay(self) -> None:
         pods = self.jobs.pods(self.name, rank0=True)
-        running = [p for p in pods if (p.get("status") or {}).get("containerStatuses")]
-        if not running:
+        running = [p for p in pods if any(set(c.get("state") or {}) & {"running", "terminated"}
+                                          for c in (p.get("status") or {}).get("containerStatuses") or [])]
+        if not running:   # not started yet: a waiting container has no log to read
             return
         pod = running[-1]["metadata"]["name"]
         if self.last_ts is None:
