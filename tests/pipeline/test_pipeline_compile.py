@@ -65,8 +65,8 @@ def test_steps_order_and_gate(compiled):
     spec, _ = compiled
     tasks = all_tasks(spec)
     assert set(tasks) == {"resolve-data", "materialise", "validate", "split", "stats", "drift",
-                          "train-resources", "train", "evaluate", "register", "gate", "promote", "condition-2",
-                          "exit-handler-1", "finalize"}
+                          "train-resources", "train", "evaluate", "register", "gate", "promote",
+                          "condition-2", "exit-handler-1", "finalize"}
     deps = {name: set(t.get("dependentTasks", [])) for name, t in tasks.items()}
     assert deps["materialise"] == {"resolve-data"}
     assert deps["validate"] == {"materialise"}

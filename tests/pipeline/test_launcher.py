@@ -10,7 +10,7 @@ beyond create-and-wait (egnet/pipeline/jobs.py, egnet/pipeline/steps.py finalize
   policy, and tags the MLflow training run with the final state.
 - The job is owned by the launcher pod when the downward API names it.
 
-The stub serves the custom-object paths (tests/test_trainjob.py's FakeK8s), pods by label
+The stub serves the custom-object paths (tests/pipeline/test_trainjob.py's FakeK8s), pods by label
 selector and pod logs (text, with the kubelet's RFC 3339 timestamps).
 """
 
@@ -23,7 +23,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
@@ -31,11 +30,11 @@ from egnet.core.errors import DataError
 from egnet.pipeline import jobs as jobs_mod
 from egnet.pipeline import steps as kfp_steps
 from egnet.pipeline import trainjob as tj
-from tests._helpers_http import Request, json_stub
-from tests._k8s import TRAINJOB_SCHEMA, crd_errors
-from tests.test_trainjob import FakeClock, FakeK8s, cond, manifest
+from tests.pipeline.conftest import Request
+from tests.pipeline.test_trainjob import FakeClock, FakeK8s, cond, manifest
+from tests.support import PARAMS, REPO
+from tests.support.k8s import TRAINJOB_SCHEMA, crd_errors
 
-REPO = Path(__file__).resolve().parents[1]
 JOB = "egnet-train-0123456789"
 TJ_PATH = "/apis/trainer.kubeflow.org/v1alpha1/namespaces/egnet/trainjobs"
 
@@ -98,11 +97,11 @@ def no_tracking_env(monkeypatch):
 
 
 @pytest.fixture
-def cluster():
+def cluster(json_stub):
     fake = FakeCluster()
-    with json_stub(fake.handle) as stub:
-        fake.url, fake.calls = stub.url, stub.requests
-        yield fake
+    stub = json_stub(fake.handle)
+    fake.url, fake.calls = stub.url, stub.requests
+    return fake
 
 
 def jobs_for(fake: FakeK8s, kind: str = "trainjob") -> jobs_mod.TrainingJobs:
@@ -346,7 +345,7 @@ def test_the_job_is_owned_by_the_launcher_pod():
     assert tj.pod_owner({}) is None
     import dataclasses
 
-    from tests.test_trainjob import example_spec
+    from tests.pipeline.test_trainjob import example_spec
 
     for kind in ("trainjob", "pytorchjob"):
         obj = tj.build(kind, dataclasses.replace(example_spec(), owner=owner))
@@ -371,7 +370,7 @@ def test_exit_handler_stops_a_running_job_and_applies_cleanup_to_a_finished_one(
     cluster.statuses[name] = [status]
     logs: list[str] = []
     res = kfp_steps.finalize_run("FAILED", run_id, "weekly 2026-01-01", nodes=2, job_kind="trainjob",
-                                 cluster={"cleanup": cleanup}, params_file=str(REPO / "params.yaml"),
+                                 cluster={"cleanup": cleanup}, params_file=str(PARAMS),
                                  overrides=["tracking.uri=http://127.0.0.1:9"],   # MLflow: the next test
                                  jobs_factory=lambda kind: jobs_for(cluster, kind), log=logs.append)
     assert (name not in cluster.objects) == deleted
@@ -379,6 +378,7 @@ def test_exit_handler_stops_a_running_job_and_applies_cleanup_to_a_finished_one(
     assert logs[-1].startswith(f"run weekly 2026-01-01 ({run_id}): FAILED; training job:")
 
 
+@pytest.mark.slow   # MLflow's sqlite schema: ~10 s here
 def test_exit_handler_tags_the_training_run_and_ends_it(tmp_path, monkeypatch):
     """The MLflow run started by the train step carries kfp_run_id (EGNET_RUN_TAGS); the exit handler
     finds it by that tag, records the final state and ends a run left open by a killed training."""
@@ -391,7 +391,7 @@ def test_exit_handler_tags_the_training_run_and_ends_it(tmp_path, monkeypatch):
     open_run = client.create_run(exp, tags={"kfp_run_id": "run-42"})
     other = client.create_run(exp, tags={"kfp_run_id": "run-43"})
     res = kfp_steps.finalize_run("FAILED", "run-42", "r", nodes=1, job_kind="trainjob", cluster={},
-                                 params_file=str(REPO / "params.yaml"), log=lambda s: None)
+                                 params_file=str(PARAMS), log=lambda s: None)
     got = client.get_run(open_run.info.run_id)
     assert got.data.tags[kfp_steps.FINAL_STATE_TAG] == "FAILED" and got.info.status == "KILLED"
     assert kfp_steps.FINAL_STATE_TAG not in client.get_run(other.info.run_id).data.tags
@@ -399,7 +399,7 @@ def test_exit_handler_tags_the_training_run_and_ends_it(tmp_path, monkeypatch):
     # a successful run is tagged, and its finished run keeps its status
     client.set_terminated(other.info.run_id, "FINISHED")
     kfp_steps.finalize_run("COMPLETE", "run-43", "r", nodes=1, job_kind="trainjob", cluster={},
-                           params_file=str(REPO / "params.yaml"), log=lambda s: None)
+                           params_file=str(PARAMS), log=lambda s: None)
     assert client.get_run(other.info.run_id).info.status == "FINISHED"
     assert client.get_run(other.info.run_id).data.tags[kfp_steps.FINAL_STATE_TAG] == "COMPLETE"
 
@@ -407,7 +407,7 @@ def test_exit_handler_tags_the_training_run_and_ends_it(tmp_path, monkeypatch):
 def test_exit_handler_never_fails_over_an_unreachable_api(tmp_path):
     logs: list[str] = []
     res = kfp_steps.finalize_run("FAILED", "run-1", "", nodes=2, job_kind="trainjob", cluster={},
-                                 params_file=str(REPO / "params.yaml"),
+                                 params_file=str(PARAMS),
                                  overrides=["tracking.uri=http://127.0.0.1:9"],
                                  jobs_factory=lambda kind: (_ for _ in ()).throw(DataError("no cluster")),
                                  log=logs.append)

@@ -23,9 +23,10 @@ from egnet.core.errors import DataError
 from egnet.data import versioning
 from egnet.pipeline import datacache
 from egnet.pipeline import steps as kfp_steps
-from tests._helpers_dvc import commit, dir_md5, git, init_repo, isolate_inprocess, tool_env, tree_bytes
+from tests.support import REPO
+from tests.support.dvc import commit, dir_md5, git, init_repo, isolate_inprocess, tool_env, tree_bytes
 
-REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.dvc        # real git + dvc repositories
 PATH = "data/nightcity"
 
 

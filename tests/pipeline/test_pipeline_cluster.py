@@ -13,7 +13,6 @@ argo-workflows v4.0.5 (the Argo KFP 2.17.0 builds on):
 
 # no `from __future__ import annotations`: kfp reads the test components' real types
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,9 +21,9 @@ import yaml
 from egnet.core.config import load_config
 from egnet.pipeline import steps as kfp_steps
 from pipelines.nightcity_training import OPTIONAL_KEYS, compile_pipeline
+from tests.support import PARAMS
 
-REPO = Path(__file__).resolve().parents[1]
-PARAMS = REPO / "params.yaml"
+pytestmark = pytest.mark.kfp        # the real kfp compiler
 RESOURCE_FIELDS = ("resourceCpuRequest", "resourceCpuLimit", "resourceMemoryRequest", "resourceMemoryLimit")
 
 
@@ -203,7 +202,7 @@ def test_registry_lock_and_its_s3_keys_reach_register_gate_promote(compiled):
 def test_overlays_give_the_pods_an_s3_lease(env, bucket, monkeypatch):
     """The overlays' ConfigMap value, resolved the way a step pod resolves it."""
     from egnet.registry.locking import LOCK_ENV, LockSpec
-    from tests._k8s import K8S, find, render
+    from tests.support.k8s import K8S, find, render
 
     data = find(render(K8S / "overlays" / env), "ConfigMap", "egnet-endpoints")["data"]
     monkeypatch.setenv(LOCK_ENV, data[LOCK_ENV])

@@ -1,5 +1,5 @@
 """`egnet pipeline schedule | schedules` and the backend-version gate, against the loopback KFP API stub
-(tests/test_kfp_api.py's FakeKFP: healthz with ``tag_name``, recurring runs list / create /
+(tests/pipeline/test_kfp_api.py's FakeKFP: healthz with ``tag_name``, recurring runs list / create /
 enable / disable / delete).
 
 - ``schedule`` is idempotent by name: twice (even with another cron) leaves one recurring run.
@@ -12,17 +12,16 @@ enable / disable / delete).
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from egnet.cli import main
 from egnet.pipeline.client import parse_version
 from pipelines.nightcity_training import MIN_BACKEND
-from tests.test_kfp_api import kfp_server, no_kfp_context  # noqa: F401, F811 - fixtures
+from tests.pipeline.test_kfp_api import kfp_server, no_kfp_context  # noqa: F401, F811 - fixtures
+from tests.support import PARAMS as PARAMS_FILE
 
-REPO = Path(__file__).resolve().parents[1]
-PARAMS = ["--params", str(REPO / "params.yaml")]
+pytestmark = pytest.mark.kfp        # every test compiles the pipeline (or reads its module)
+PARAMS = ["--params", str(PARAMS_FILE)]
 WEEKLY = ["--cron", "0 0 3 * * 0"]
 
 
