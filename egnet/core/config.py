@@ -123,12 +123,19 @@ class EvaluateConfig(_Section):
     extra_modes: tuple[Literal["native", "flip", "multiscale"], ...]
     multiscale_scales: tuple[PosFloat, ...]
     num_qualitative: NonNegInt
+    amp: bool
+    channels_last: bool
+    workers: NonNegInt
 
 
 class RegisterConfig(_Section):
     model_name: Annotated[str, Field(min_length=1)]
     min_delta_miou: float
     max_mef1_drop: NonNegFloat
+    max_bin_ef1_drop: NonNegFloat
+    confidence: Fraction
+    bootstrap_resamples: PosInt
+    bootstrap_seed: NonNegInt
     serialization_format: Literal["pt2", "pickle"]
     lock_uri: Annotated[str, Field(pattern=r"^(|file://.+|s3://[^/]+/.+|[^:]+)$")]
     lock_ttl_s: PosFloat

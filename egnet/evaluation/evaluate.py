@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -34,12 +35,12 @@ from egnet import metrics
 from egnet.core import paper
 from egnet.core.config import Config
 from egnet.core.errors import ConfigError, DataError
-from egnet.core.files import atomic_dir, write_csv, write_json
+from egnet.core.files import atomic_dir, cpu_workers, write_csv, write_json
 from egnet.data import charts as plots
 from egnet.data import layout
-from egnet.data.exposure import BIN_NAMES, bin_index_torch
+from egnet.data.exposure import BIN_NAMES, NUM_BINS, max_rgb, value_bins, value_bins_torch
 from egnet.data.labels import CLASS_NAMES, colorize, to_train_ids
-from egnet.evaluation import inference
+from egnet.evaluation import evidence, inference
 from egnet.evaluation.worst import WorstImages
 from egnet.tracking.client import mlflow_errors
 
@@ -55,7 +56,7 @@ class Sample:
     image: np.ndarray                 # HxWx3 uint8 RGB
     target: np.ndarray                # HxW uint8 trainIds
     pred: np.ndarray                  # HxW uint8 trainIds (paper protocol)
-    exposure: np.ndarray | None       # HxW float [0, 1], predicted
+    exposure: np.ndarray | None       # HxW predicted V map: float [0, 1], or uint8 V x 255
 
 
 @dataclass
@@ -68,6 +69,8 @@ class EvalResult:
     counts: np.ndarray | None = None                  # [10, C, C+1] paper-protocol counts -> confusion.npy
     # per-image scores, worst images -> per_image.json, worst/
     worst: WorstImages | None = None
+    # per-image paper-protocol counts -> per_image_counts.npz (the gate's paired bootstrap)
+    per_image: evidence.PerImageCounts | None = None
 
 
 def qualitative_indices(n_images: int, k: int) -> list[int]:
@@ -77,13 +80,32 @@ def qualitative_indices(n_images: int, k: int) -> list[int]:
     return sorted({int(round(v)) for v in np.linspace(0, n_images - 1, min(k, n_images))})
 
 
+@dataclass
+class _Item:
+    """One decoded test image (the reader threads' output)."""
+
+    pair: layout.Pair
+    image: np.ndarray                 # HxWx3 uint8 RGB
+    target: np.ndarray                # HxW uint8 trainIds
+    resized: bool
+    bins: np.ndarray | None           # HxW uint8, binned on the host (CPU device) or None (on the device)
+    mean_v: float | None
+
+
 def evaluate_pairs(
     loaded: inference.LoadedModel,
     pairs: list[layout.Pair],
     cfg: Config,
     progress: bool | None = None,
 ) -> EvalResult:
-    """Run the paper protocol and ``cfg.evaluate.extra_modes`` over ``pairs``; accumulate metrics."""
+    """Run the paper protocol and ``cfg.evaluate.extra_modes`` over ``pairs``; accumulate metrics.
+
+    On a GPU the loop never waits for the device within an image: images are decoded by
+    ``evaluate.workers`` threads, staged through pinned buffers, binned by exposure on the
+    device, predicted under bf16 autocast (``evaluate.amp``), counted there (one counting
+    pass per image and mode: the paper-protocol counts feed the metrics, the per-image
+    evidence and :class:`WorstImages`), and read back one image later, while the next one runs.
+    """
     ev = cfg.evaluate
     modes = ["paper", *[m for m in ev.extra_modes if m != "paper"]]
     num_classes = loaded.config.model.num_classes
@@ -91,45 +113,76 @@ def evaluate_pairs(
         raise ConfigError(f"model.num_classes = {num_classes}: "
                           f"NightCity labels have {len(CLASS_NAMES)} classes")
     device = loaded.device
+    on_host = device.type == "cpu"               # bin on the host, in the reader threads
+    cuda = device.type == "cuda"
+    amp = ev.amp and cuda
+    channels_last = ev.channels_last and cuda
+    if channels_last:
+        loaded.model.to(memory_format=torch.channels_last)
     acc = {m: metrics.ExposureConfusion(num_classes, device) for m in modes}
     keep = set(qualitative_indices(len(pairs), ev.num_qualitative))
     samples: list[Sample] = []
     worst = WorstImages(ev.num_qualitative)
+    per_image = np.zeros((len(pairs), NUM_BINS, num_classes, num_classes + 1), dtype=np.int32)
     resized = 0
 
-    def read(pair: layout.Pair) -> tuple[layout.Pair, np.ndarray, np.ndarray, bool]:
+    def read(pair: layout.Pair) -> _Item:
         image = layout.read_image(pair.image)
         label, was_resized = layout.read_label(pair.label, cfg.data.image_size)
         if image.shape[:2] != label.shape:
             raise DataError(f"{pair.image}: image is {image.shape[1]}x{image.shape[0]}, "
                             f"label {label.shape[1]}x{label.shape[0]}")
-        return pair, image, label, was_resized
+        bins = mean_v = None
+        if on_host:
+            v = max_rgb(image)
+            bins, mean_v = value_bins(v), float(cv2.mean(v)[0] / 255.0)
+        return _Item(pair, image, to_train_ids(label), was_resized, bins, mean_v)
 
-    stream = inference.prefetch(read, pairs)
-    for i, (pair, image, label, was_resized) in enumerate(
-        tqdm(stream, total=len(pairs), desc="evaluate", unit="img",
-             disable=None if progress is None else not progress)
-    ):
-        resized += int(was_resized)
-        x = inference.to_tensor(image, device)
-        target_np = to_train_ids(label)
-        target = torch.from_numpy(target_np).to(device)
-        bins = bin_index_torch(torch.from_numpy(image).permute(2, 0, 1)).to(device)
-        out_size = (label.shape[1], label.shape[0])
-        preds = inference.predict(loaded.model, x, out_size, ev.infer_size, modes, ev.multiscale_scales)
-        for mode, p in preds.items():
-            acc[mode].update(p.train_ids, target, bins)
-        worst.add(pair.stem, image, target_np, preds["paper"].train_ids, preds["paper"].exposure)
+    def finish(i: int, item: _Item, readback: inference.Readback) -> None:
+        """Host side of image ``i`` once its device work is done: evidence, worst images, samples."""
+        counts, pred, exposure, mean_v = readback.wait()
+        per_image[i] = counts
+        mv = item.mean_v if item.mean_v is not None else float(mean_v)
+        worst.add(item.pair.stem, item.image, item.target, pred, exposure, counts=counts, mean_exposure=mv)
         if i in keep:
-            p = preds["paper"]
-            samples.append(Sample(
-                pair.stem, image, target_np, p.train_ids.to(torch.uint8).cpu().numpy(),
-                p.exposure.float().cpu().numpy() if p.exposure is not None else None,
-            ))
+            samples.append(Sample(item.pair.stem, item.image, item.target, pred.copy(),
+                                  None if exposure is None else exposure.astype(np.float32) / 255.0))
+
+    staging = inference.Staging(device)
+    stream = inference.prefetch(read, pairs, depth=2 * max(2, ev.workers or cpu_workers(0)),
+                                workers=cpu_workers(ev.workers))
+    pending: tuple[int, _Item, inference.Readback] | None = None
+    for i, item in enumerate(tqdm(stream, total=len(pairs), desc="evaluate", unit="img",
+                                  disable=None if progress is None else not progress)):
+        resized += int(item.resized)
+        host = [item.image, item.target] + ([item.bins] if on_host else [])
+        uploaded = staging.upload(i, *host)
+        image_t, target = uploaded[0], uploaded[1]
+        if on_host:
+            bins, mean_v = uploaded[2], None
+        else:
+            v = image_t.amax(dim=-1)
+            bins, mean_v = value_bins_torch(v), v.float().mean().div_(255.0)
+        x = inference.to_tensor(image_t, device, channels_last)
+        out_size = (item.target.shape[1], item.target.shape[0])
+        preds = inference.predict(loaded.model, x, out_size, ev.infer_size, modes, ev.multiscale_scales,
+                                  amp=amp)
+        counts = {mode: acc[mode].update(p.train_ids, target, bins) for mode, p in preds.items()}
+        paper_pred = preds["paper"]
+        exposure = (None if paper_pred.exposure is None
+                    else paper_pred.exposure.mul(255.0).round_().to(torch.uint8))
+        readback = staging.download(i, counts["paper"], paper_pred.train_ids, exposure, mean_v)
+        if pending is not None:
+            finish(*pending)
+        pending = (i, item, readback)
+    if pending is not None:
+        finish(*pending)
     paper = acc["paper"].compute(ev.ef1_average)
     extra = {m: acc[m].compute(ev.ef1_average) for m in modes if m != "paper"}
-    return EvalResult(paper, extra, acc["paper"].mat.sum(0).cpu().numpy(), samples, resized,
-                      counts=acc["paper"].counts(), worst=worst)
+    counts_all = acc["paper"].counts()
+    return EvalResult(paper, extra, counts_all[..., :num_classes].sum(0), samples, resized,
+                      counts=counts_all, worst=worst,
+                      per_image=evidence.PerImageCounts([p.stem for p in pairs], per_image))
 
 
 # --------------------------------------------------------------------------- charts
@@ -216,6 +269,8 @@ def write_outputs(out: Path, result: EvalResult, source: inference.ModelSource,
         np.save(out / "confusion.npy", result.counts)
     if result.worst is not None:
         result.worst.write(out)
+    if result.per_image is not None:
+        evidence.write(out / evidence.PER_IMAGE_COUNTS_FILE, result.per_image)
     return doc
 
 

@@ -144,9 +144,14 @@ def load(spec: str, cfg: Config, device: torch.device | None = None) -> LoadedMo
 # --------------------------------------------------------------------------- inference
 
 
-def to_tensor(image: np.ndarray, device: torch.device) -> torch.Tensor:
-    """HxWx3 uint8 RGB -> 1x3xHxW float in [0, 1] (the models normalise inside)."""
-    return torch.from_numpy(np.ascontiguousarray(image)).to(device).permute(2, 0, 1)[None].float().div_(255.0)
+def to_tensor(image: np.ndarray | torch.Tensor, device: torch.device,
+              channels_last: bool = False) -> torch.Tensor:
+    """HxWx3 uint8 RGB (numpy, or a tensor already on ``device``) -> 1x3xHxW float in [0, 1]
+    (the models normalise inside); ``channels_last`` memory format on request."""
+    t = image if torch.is_tensor(image) else torch.from_numpy(np.ascontiguousarray(image))
+    x = t.to(device).permute(2, 0, 1)[None]
+    x = x.contiguous(memory_format=torch.channels_last) if channels_last else x.contiguous()
+    return x.float().div_(255.0)
 
 
 def _resize(x: torch.Tensor, size_hw: tuple[int, int]) -> torch.Tensor:
@@ -162,13 +167,20 @@ def _forward(model: nn.Module, x: torch.Tensor, size_wh: tuple[int, int]) -> dic
 
 @dataclass(frozen=True)
 class Prediction:
-    """Per-image inference result at the output size."""
+    """Per-image inference result at the output size, on the model's device."""
 
-    train_ids: torch.Tensor        # HxW int64 trainIds (argmax)
-    exposure: torch.Tensor | None  # HxW float V map in [0, 1] predicted by the exposure head
+    train_ids: torch.Tensor        # HxW uint8 trainIds (argmax, narrowed on the device)
+    exposure: torch.Tensor | None  # HxW float32 V map in [0, 1] predicted by the exposure head
 
 
-@torch.no_grad()
+def _argmax_ids(scores: torch.Tensor) -> torch.Tensor:
+    """CxHxW scores -> HxW trainIds, uint8 when the classes fit (an eighth of argmax's int64 to
+    count and to copy to the host)."""
+    ids = scores.argmax(0)
+    return ids.to(torch.uint8) if scores.shape[0] <= 256 else ids
+
+
+@torch.inference_mode()
 def predict(
     model: nn.Module,
     x: torch.Tensor,
@@ -176,58 +188,148 @@ def predict(
     infer_size: tuple[int, int],
     modes: Sequence[str] = ("paper",),
     scales: Sequence[float] = (1.0,),
+    amp: bool = False,
 ) -> dict[str, Prediction]:
     """Predict one image ``x`` (1x3xHxW float [0, 1]) under each of ``modes``.
 
     ``out_size`` and ``infer_size`` are (width, height). ``paper`` argmaxes the
     bilinearly resized logits (as the paper); the averaging modes argmax the mean
     softmax. The exposure map (if the model has the head) is the paper-protocol one
-    for every mode except ``native``.
+    for every mode except ``native``. ``amp``: the network runs under bf16 autocast on
+    ``x``'s device (CUDA); its outputs are resized and argmaxed in float32.
     """
     unknown = [m for m in modes if m not in MODES]
     if unknown:
         raise ConfigError(f"unknown inference mode(s) {unknown}; known: {list(MODES)}")
     out_hw = (out_size[1], out_size[0])
+
+    def run(inp: torch.Tensor, size_wh: tuple[int, int] | None) -> dict[str, torch.Tensor]:
+        with torch.autocast(inp.device.type, dtype=torch.bfloat16, enabled=amp):
+            out = model(inp) if size_wh is None else _forward(model, inp, size_wh)
+        return {k: v.float() for k, v in out.items()}
+
     results: dict[str, Prediction] = {}
-    paper_out = _forward(model, x, infer_size)
+    paper_out = run(x, infer_size)
     paper_logits = _resize(paper_out["out"], out_hw)
     exposure = paper_out.get("exposure")
     paper_exp = _resize(exposure, out_hw)[0, 0].clamp_(0, 1) if exposure is not None else None
     for mode in modes:
         if mode == "paper":
-            results[mode] = Prediction(paper_logits[0].argmax(0), paper_exp)
+            results[mode] = Prediction(_argmax_ids(paper_logits[0]), paper_exp)
         elif mode == "native":
-            out = model(x)
+            out = run(x, None)
             exp = out.get("exposure")
             results[mode] = Prediction(
-                _resize(out["out"], out_hw)[0].argmax(0),
+                _argmax_ids(_resize(out["out"], out_hw)[0]),
                 _resize(exp, out_hw)[0, 0].clamp_(0, 1) if exp is not None else None,
             )
         elif mode == "flip":
-            flipped = _resize(_forward(model, x.flip(-1), infer_size)["out"], out_hw).flip(-1)
+            flipped = _resize(run(x.flip(-1), infer_size)["out"], out_hw).flip(-1)
             probs = paper_logits.softmax(1) + flipped.softmax(1)
-            results[mode] = Prediction(probs[0].argmax(0), paper_exp)
+            results[mode] = Prediction(_argmax_ids(probs[0]), paper_exp)
         else:  # multiscale
             probs = torch.zeros_like(paper_logits)
             for s in scales:
                 size = (max(8, round(infer_size[0] * s)), max(8, round(infer_size[1] * s)))
-                logits = paper_logits if size == tuple(infer_size) else _resize(
-                    _forward(model, x, size)["out"], out_hw)
+                logits = paper_logits if size == tuple(infer_size) else _resize(run(x, size)["out"], out_hw)
                 probs += logits.softmax(1)
-            results[mode] = Prediction(probs[0].argmax(0), paper_exp)
+            results[mode] = Prediction(_argmax_ids(probs[0]), paper_exp)
     return results
 
 
-def prefetch(fn: Callable[[T], R], items: Iterable[T], depth: int = 4) -> Iterator[R]:
-    """``map(fn, items)`` computed ``depth`` items ahead in a thread (image decoding overlaps
-    inference: OpenCV releases the GIL), with at most ``depth`` results held in memory."""
+def prefetch(fn: Callable[[T], R], items: Iterable[T], depth: int = 4, workers: int = 1) -> Iterator[R]:
+    """``map(fn, items)`` in order, computed up to ``depth`` items ahead by ``workers`` threads
+    (image decoding overlaps inference and each other: OpenCV and NumPy release the GIL),
+    with at most ``depth`` results held in memory. A failure is raised in order; the items
+    not yet started are dropped."""
     it = iter(items)
-    with ThreadPoolExecutor(max_workers=1) as pool:
+    depth = max(depth, workers)
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         pending = [pool.submit(fn, item) for item in _take(it, depth)]
-        while pending:
-            result = pending.pop(0).result()
-            pending += [pool.submit(fn, item) for item in _take(it, 1)]
-            yield result
+        try:
+            while pending:
+                result = pending.pop(0).result()
+                pending += [pool.submit(fn, item) for item in _take(it, 1)]
+                yield result
+        finally:
+            for future in pending:
+                future.cancel()
+
+
+class Staging:
+    """Host <-> device copies that overlap the device's work: pinned host buffers in a ring of
+    ``slots`` (CUDA). A pageable copy to a CUDA device first waits for the stream to drain; a
+    pinned one is queued behind the previous image's kernels and the host moves on.
+
+    ``upload(i, *arrays)`` puts numpy arrays of item ``i`` on the device (through slot
+    ``i % slots``, reused once the copy that last used it is done); ``download(i, *tensors)``
+    queues device tensors of item ``i`` into pinned buffers and returns a :class:`Readback`
+    whose ``wait()`` gives numpy arrays once they have arrived. A reader must be done with an
+    item's arrays before item ``i + slots`` is downloaded (they are the slot's buffers).
+    On the CPU both are plain tensors, no copies.
+    """
+
+    def __init__(self, device: torch.device, slots: int = 3) -> None:
+        self.device = torch.device(device)
+        self.cuda = self.device.type == "cuda"
+        self.slots = slots
+        self._bufs: dict[tuple[str, int, int], torch.Tensor] = {}
+        self._uploaded: list[Any] = [None] * slots
+
+    def _buffer(self, kind: str, slot: int, j: int, shape: Sequence[int], dtype: torch.dtype) -> torch.Tensor:
+        key = (kind, slot, j)
+        buf = self._bufs.get(key)
+        if buf is None or tuple(buf.shape) != tuple(shape) or buf.dtype != dtype:
+            buf = torch.empty(tuple(shape), dtype=dtype, pin_memory=True)
+            self._bufs[key] = buf
+        return buf
+
+    def upload(self, i: int, *arrays: np.ndarray) -> list[torch.Tensor]:
+        if not self.cuda:
+            return [torch.from_numpy(np.ascontiguousarray(a)).to(self.device) for a in arrays]
+        slot = i % self.slots
+        if self._uploaded[slot] is not None:
+            self._uploaded[slot].synchronize()   # the copy of item i - slots has left this buffer
+        out = []
+        for j, a in enumerate(arrays):
+            src = torch.from_numpy(np.ascontiguousarray(a))
+            buf = self._buffer("up", slot, j, src.shape, src.dtype)
+            buf.copy_(src)
+            out.append(buf.to(self.device, non_blocking=True))
+        event = torch.cuda.Event()
+        event.record()
+        self._uploaded[slot] = event
+        return out
+
+    def download(self, i: int, *tensors: torch.Tensor | None) -> Readback:
+        if not self.cuda:
+            return Readback([None if t is None else t.detach().cpu() for t in tensors], None)
+        slot = i % self.slots
+        bufs: list[torch.Tensor | None] = []
+        for j, t in enumerate(tensors):
+            if t is None:
+                bufs.append(None)
+                continue
+            buf = self._buffer("down", slot, j, t.shape, t.dtype)
+            buf.copy_(t, non_blocking=True)
+            bufs.append(buf)
+        event = torch.cuda.Event()
+        event.record()
+        return Readback(bufs, event)
+
+
+@dataclass
+class Readback:
+    """Tensors on their way to the host; :meth:`wait` returns them as numpy arrays (views of the
+    staging buffers on CUDA: copy what must outlive the slot)."""
+
+    tensors: list[torch.Tensor | None]
+    event: Any
+
+    def wait(self) -> list[np.ndarray | None]:
+        if self.event is not None:
+            self.event.synchronize()
+        return [None if t is None else t.numpy() for t in self.tensors]
 
 
 def _take(it: Iterator[T], n: int) -> list[T]:

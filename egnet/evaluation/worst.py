@@ -25,16 +25,17 @@ GALLERY_WIDTH = 480
 
 def image_scores(pred: Any, target: Any, num_classes: int = NUM_CLASSES) -> dict[str, Any]:
     """mIoU and pixel accuracy of one image (HxW trainIds, 255 = ignore; numpy or torch), from the
-    one metrics definition; None where the image has no labelled pixel."""
+    one metrics definition; None where the image has no labelled pixel. (`egnet evaluate` passes
+    the counts it already has to :meth:`WorstImages.add` instead: one counting pass per image.)"""
     import torch
 
     from egnet.metrics import ExposureConfusion
+    from egnet.metrics import image_scores as from_counts
 
     p, t = torch.as_tensor(np.asarray(pred) if not torch.is_tensor(pred) else pred), torch.as_tensor(target)
     acc = ExposureConfusion(num_classes, p.device)
-    acc.update(p.long(), t.to(p.device).long(), torch.zeros(p.shape, dtype=torch.long, device=p.device))
-    m = acc.compute()
-    return {"mIoU": m["mIoU"], "pixel_acc": m["pixel_acc"], "labelled_pixels": int(acc.mat.sum())}
+    counts = acc.count(p, t.to(p.device), torch.zeros(p.shape, dtype=torch.uint8, device=p.device))
+    return from_counts(counts.cpu().numpy())
 
 
 def _shrink(a: np.ndarray, nearest: bool = False) -> np.ndarray:
@@ -58,22 +59,32 @@ class WorstImages:
         self.images: list[dict[str, Any]] = []
         self._heap: list[tuple[float, int, str, dict[str, np.ndarray]]] = []  # (-mIoU, seq, stem, panels)
 
-    def add(self, stem: str, image: np.ndarray, target: Any, pred: Any,
-            exposure: Any = None) -> dict[str, Any]:
+    def add(self, stem: str, image: np.ndarray, target: Any, pred: Any, exposure: Any = None, *,
+            counts: np.ndarray | None = None, mean_exposure: float | None = None) -> dict[str, Any]:
         """Score one image: ``image`` HxWx3 uint8 RGB, ``target``/``pred`` HxW trainIds, ``exposure``
-        the predicted HxW V map in [0, 1] (or None). Returns its per_image.json entry."""
-        scores = image_scores(pred, target, self.num_classes)
-        entry = {"stem": stem, **scores, "mean_exposure": float(image.max(axis=2).mean() / 255.0)}
+        the predicted HxW V map in [0, 1] (float) or V x 255 (uint8), or None. ``counts``: the
+        image's [10, C, C+1] pixel counts when the caller has them (else counted here);
+        ``mean_exposure``: its mean V when known. Returns its per_image.json entry. The panels
+        kept are copies: the arrays passed in may be reused by the caller."""
+        from egnet.data.exposure import max_rgb
+        from egnet.metrics import image_scores as from_counts
+
+        scores = from_counts(counts) if counts is not None else image_scores(pred, target, self.num_classes)
+        if mean_exposure is None:
+            mean_exposure = float(cv2.mean(max_rgb(image))[0] / 255.0)
+        entry = {"stem": stem, **scores, "mean_exposure": float(mean_exposure)}
         self.images.append(entry)
         miou = scores["mIoU"]
         if miou is None or self.k <= 0 or (len(self._heap) == self.k and -self._heap[0][0] <= miou):
             return entry
         as_np = lambda a: a.detach().cpu().numpy() if hasattr(a, "detach") else np.asarray(a)  # noqa: E731
-        panels = {"input": _shrink(image), "gt": colorize(_shrink(as_np(target).astype(np.uint8), True)),
+        panels = {"input": _shrink(image).copy(),
+                  "gt": colorize(_shrink(as_np(target).astype(np.uint8), True)),
                   "pred": colorize(_shrink(as_np(pred).astype(np.uint8), True))}
         if exposure is not None:
-            panels["exposure"] = _shrink(
-                (np.clip(as_np(exposure).astype(np.float32), 0, 1) * 255).astype(np.uint8))
+            e = as_np(exposure)
+            e8 = e if e.dtype == np.uint8 else (np.clip(e.astype(np.float32), 0, 1) * 255).astype(np.uint8)
+            panels["exposure"] = _shrink(e8).copy()
         item = (-miou, len(self.images), stem, panels)
         if len(self._heap) < self.k:
             heapq.heappush(self._heap, item)

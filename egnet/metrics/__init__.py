@@ -24,6 +24,7 @@ gt class and a false positive of no class (cityscapesscripts' rule).
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -37,47 +38,153 @@ from egnet.data.labels import CLASS_NAMES, IGNORE_INDEX
 AVERAGES = ("weighted", "macro", "micro")
 
 
+#: CPU counting uses this many sub-histograms, interleaved pixel by pixel. A segmentation map
+#: repeats one (bin, gt, prediction) over long runs, so with one table every increment waits
+#: for the previous one to the same counter (a store-to-load chain, ~2.5x slower than random
+#: data); with the pixel's position mod LANES as the lowest index digit, neighbours hit different
+#: counters. The lanes are summed afterwards (a table of a few thousand entries).
+LANES = 4
+_LANE_PATTERNS: dict[tuple[int, torch.dtype], torch.Tensor] = {}
+_SCRATCH = threading.local()  # per thread: the counting pass's work buffers, reused across images
+
+
+def _lane_pattern(n: int, dtype: torch.dtype) -> torch.Tensor:
+    """0, 1, ..., LANES-1, 0, 1, ... (``n`` values, ``dtype``), made once per image size."""
+    key = (n, dtype)
+    pattern = _LANE_PATTERNS.get(key)
+    if pattern is None:
+        if len(_LANE_PATTERNS) >= 8:
+            _LANE_PATTERNS.clear()
+        pattern = (torch.arange(n, dtype=torch.int32) % LANES).to(dtype)
+        _LANE_PATTERNS[key] = pattern
+    return pattern
+
+
+def _scratch(n: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Three CPU work buffers of ``n`` values (two uint8, one ``dtype``) for this thread. Fresh
+    megabyte-sized tensors per image would cost page faults that are a good part of the pass."""
+    key = (n, dtype)
+    bufs = getattr(_SCRATCH, "bufs", None)
+    if bufs is None or bufs[0] != key:
+        bufs = (key, torch.empty(n, dtype=torch.uint8), torch.empty(n, dtype=torch.uint8),
+                torch.empty(n, dtype=dtype))
+        _SCRATCH.bufs = bufs
+    return bufs[1], bufs[2], bufs[3]
+
+
+def _ids_u8(x: torch.Tensor, limit: int) -> torch.Tensor:
+    """Integer ids -> uint8 that :func:`_table` may clamp to ``limit``: uint8 as it is; a wider
+    type narrowed without letting a large or negative value wrap onto a valid id (clamped to
+    [-1, limit] first unless the CPU sees all values in 0..255; -1 becomes 255). No host sync
+    on an accelerator."""
+    if x.dtype == torch.uint8:
+        return x
+    if x.device.type == "cpu" and x.numel():
+        a = x.numpy()
+        if int(a.min()) >= 0 and int(a.max()) <= 255:  # numpy's int64 min/max: ~2x torch.aminmax here
+            return x.to(torch.uint8)
+    return x.clamp(-1, limit).to(torch.uint8)
+
+
+def _range_u8(x: torch.Tensor, hi: int, what: str, stray: int) -> torch.Tensor:
+    """``x`` as uint8, for inputs whose values must lie in 0..``hi``: on the CPU an error now when they
+    do not; on another device (no host sync) values outside 0..255 become ``stray``, which the
+    counts flag later (:meth:`ExposureConfusion.check`)."""
+    if x.dtype == torch.uint8:
+        return x
+    if x.device.type == "cpu":
+        if x.numel():
+            a = x.numpy()
+            lo, top = int(a.min()), int(a.max())  # numpy's int64 min/max: ~2x torch.aminmax here
+            if lo < 0 or top > hi:
+                raise ValueError(f"{what} (min {lo}, max {top})")
+        return x.to(torch.uint8)
+    return torch.where((x >= 0) & (x <= 255), x, stray).to(torch.uint8)
+
+
+def _table(bins: torch.Tensor, target: torch.Tensor, cols: torch.Tensor, num_classes: int,
+           num_cols: int, col_max: int) -> torch.Tensor:
+    """The counting pass. uint8 ``bins`` (0..9), ``target`` (classes, 255), ``cols`` (0..num_cols-1;
+    larger values are clamped to ``col_max``) -> int64 [NUM_BINS + 1, num_classes + 2, num_cols + 1]
+    pixel counts.
+
+    Every uint8 value has a cell, so nothing is dropped and the checks read the table:
+    bin row NUM_BINS = bins above 9; target row 0 = ignore (255), rows 1..C = classes,
+    row C+1 = any other value; column num_cols = a column value out of range.
+    (bin, gt) are packed into one uint8 code (at most 11 x 21 values), then the index is
+    int16 when it fits (int32 otherwise) in two fused multiply-adds: no image is ever
+    widened to int64, and one bincount counts it.
+    """
+    nb, r, k = NUM_BINS + 1, num_classes + 2, num_cols + 1
+    n = target.numel()
+    cpu = bins.device.type == "cpu"
+    lanes = LANES if cpu else 1
+    size = nb * r * k * lanes
+    packed = nb * r <= 256
+    dtype = torch.int16 if cpu and size <= torch.iinfo(torch.int16).max else torch.int32
+    if cpu:
+        g, b, idx = _scratch(n, dtype)
+    else:
+        g, b, idx = (torch.empty(n, dtype=d, device=bins.device) for d in (torch.uint8, torch.uint8, dtype))
+    torch.add(target.reshape(-1), 1, out=g)      # uint8 arithmetic wraps: 255 (ignore) -> 0
+    g.clamp_(max=r - 1)                          # classes -> 1..C, any other value -> C+1
+    torch.clamp(bins.reshape(-1), max=NUM_BINS, out=b)
+    if packed:
+        g.add_(b, alpha=r)                       # (bin, gt) in one uint8: at most 11 * 21 - 1 = 230
+    c = torch.clamp(cols.reshape(-1), max=col_max, out=b)
+    if lanes > 1:
+        torch.add(_lane_pattern(n, dtype), c, alpha=lanes, out=idx)
+    else:
+        idx.copy_(c)
+    idx.add_(g, alpha=lanes * k)
+    if not packed:
+        idx.add_(torch.clamp(bins.reshape(-1), max=NUM_BINS), alpha=lanes * k * r)
+    if cpu:
+        hist = torch.bincount(idx, minlength=size)
+    else:  # CUDA's bincount reads its input's max on the host (a sync); index_add_ does not
+        hist = torch.zeros(size, dtype=torch.int64, device=idx.device)
+        hist.index_add_(0, idx, torch.ones(1, dtype=torch.int64, device=idx.device).expand(n))
+    hist = hist.view(nb, r, k, lanes)
+    return hist.sum(-1) if lanes > 1 else hist[..., 0]
+
+
+def _check_table(table: torch.Tensor, target: torch.Tensor | None, num_classes: int, num_cols: int) -> None:
+    """Raise ValueError for the values :func:`_table` set aside (naming them when ``target`` is given)."""
+    inside = int(table[:NUM_BINS, :num_classes + 1, :num_cols].sum())
+    if inside == int(table.sum()):
+        return
+    if bool(table[NUM_BINS].any()):
+        raise ValueError(f"exposure bins must lie in 0..{NUM_BINS - 1}")
+    if bool(table[:, -1].any()):
+        vals: list[int] = []
+        if target is not None:
+            t = target.reshape(-1)
+            vals = torch.unique(t[(t >= num_classes) & (t != IGNORE_INDEX)])[:5].tolist()
+        raise ValueError(f"target holds values that are neither classes 0..{num_classes - 1} nor "
+                         f"{IGNORE_INDEX}: {vals}")
+    raise ValueError(f"column values must lie in 0..{num_cols - 1}")
+
+
 def count_pixels(bins: torch.Tensor, target: torch.Tensor, cols: torch.Tensor,
                  num_classes: int, num_cols: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """One bincount over (bin, gt, column): ([NUM_BINS, C, num_cols], [num_cols]) int64.
+    """One counting pass over (bin, gt, column): ([NUM_BINS, C, num_cols], [num_cols]) int64.
 
     ``target``: gt classes 0..C-1 or 255 (ignore); ``cols``: integer column per pixel
-    in [0, num_cols) (the predicted class, or a code for it). The first result holds
-    the labelled pixels, the second the ignored ones per column (``update`` drops
-    them; `egnet score` reads them to see every predicted value).
-
-    Why this shape: the index runs over all 256 gt values, so one pass of integer
-    arithmetic and one bincount do the counting AND the checks: a gt value that is
-    neither a class nor 255 shows up as a non-empty row, a bin above 9 as a longer
-    result, a negative one as bincount's own refusal. Int32 arithmetic when every
-    input fits halves the memory traffic on CPU.
+    in [0, num_cols) (the predicted class, or a code for it); ``bins``: 0..9. The first
+    result holds the labelled pixels, the second the ignored ones per column (``update``
+    drops them; `egnet score` reads them to see every predicted value). Any input value
+    out of its range is a ValueError (read from the counts themselves: no extra pass).
+    uint8 inputs are counted as they are; wider ones are narrowed to uint8 first.
     """
     if bins.is_floating_point() or target.is_floating_point() or cols.is_floating_point():
         raise ValueError("bins, target and predictions must be integer tensors")
-    if target.numel() and target.dtype != torch.uint8:
-        lo, hi = torch.aminmax(target)
-        if int(lo) < 0 or int(hi) > 255:  # would alias into other rows
-            raise ValueError(f"target holds values outside 0..255 (min {int(lo)}, max {int(hi)})")
-    size = NUM_BINS * 256 * num_cols
-    wide = torch.int64 in (bins.dtype, target.dtype, cols.dtype)
-    if torch.int64 in (cols.dtype, target.dtype):
-        idx = torch.add(cols, target, alpha=num_cols)  # int64, a new tensor
-    else:  # small types would overflow: widen first
-        idx = cols.to(torch.int64 if wide else torch.int32, copy=True).add_(target, alpha=num_cols)
-    idx.add_(bins, alpha=256 * num_cols)
-    try:
-        counts = torch.bincount(idx.reshape(-1), minlength=size)
-    except RuntimeError:
-        raise ValueError(f"exposure bins must lie in 0..{NUM_BINS - 1} (got a negative one)") from None
-    if counts.numel() > size:
-        raise ValueError(f"exposure bins must lie in 0..{NUM_BINS - 1}")
-    counts = counts.view(NUM_BINS, 256, num_cols)
-    stray = counts[:, num_classes:IGNORE_INDEX].sum(dim=(0, 2))
-    if bool(stray.any()):
-        vals = (torch.nonzero(stray).flatten() + num_classes)[:5].tolist()
-        raise ValueError(f"target holds values that are neither classes 0..{num_classes - 1} nor "
-                         f"{IGNORE_INDEX}: {vals}")
-    return counts[:, :num_classes], counts[:, IGNORE_INDEX].sum(dim=0)
+    if not 0 < num_cols < 256:
+        raise ValueError(f"num_cols must lie in 1..255, got {num_cols}")
+    t8 = _range_u8(target, 255, "target holds values outside 0..255", num_classes)
+    b8 = _range_u8(bins, 255, "exposure bins must lie in 0..9: got a value outside 0..255", NUM_BINS)
+    table = _table(b8, t8, _ids_u8(cols, num_cols), num_classes, num_cols, num_cols)
+    _check_table(table, target, num_classes, num_cols)
+    return table[:NUM_BINS, 1:num_classes + 1, :num_cols], table[:NUM_BINS, 0, :num_cols].sum(dim=0)
 
 
 def _check_shapes(pred: torch.Tensor, target: torch.Tensor, bins: torch.Tensor) -> int:
@@ -93,10 +200,15 @@ def _check_shapes(pred: torch.Tensor, target: torch.Tensor, bins: torch.Tensor) 
 class ExposureConfusion:
     """Pixel counts per (exposure bin, gt class, predicted class) and the metrics from them.
 
-    ``mat``: int64 [10, C, C] on ``device``; ``void_pred``: int64 [10, C], labelled
-    pixels whose prediction is not a class (e.g. 255); ``num_images``: images seen.
+    ``table``: int64 [10, C, C+1] on ``device``, predicted classes then not-a-class; ``mat``
+    ([10, C, C]) and ``void_pred`` ([10, C]: labelled pixels whose prediction is not a class,
+    e.g. 255) are views of it; ``num_images``: images seen.
     Usage: ``update`` per batch, ``all_reduce`` once under torch.distributed, then
     ``compute`` (on every rank or rank 0).
+
+    No host synchronisation on an accelerator: inputs out of range are counted aside on the
+    device and raise when the counts are read (:meth:`check`, called by :meth:`counts`); on
+    the CPU they raise in :meth:`update` itself, before anything is added.
     """
 
     def __init__(self, num_classes: int = 19, device: str | torch.device = "cpu") -> None:
@@ -104,9 +216,11 @@ class ExposureConfusion:
             raise ValueError(f"num_classes must lie in 1..{IGNORE_INDEX - 1}, got {num_classes}")
         self.num_classes = int(num_classes)
         self.device = torch.device(device)
-        self.mat = torch.zeros(NUM_BINS, self.num_classes, self.num_classes, dtype=torch.int64,
-                               device=self.device)
-        self.void_pred = torch.zeros(NUM_BINS, self.num_classes, dtype=torch.int64, device=self.device)
+        self.table = torch.zeros(NUM_BINS, self.num_classes, self.num_classes + 1, dtype=torch.int64,
+                                 device=self.device)
+        self.mat = self.table[..., :self.num_classes]
+        self.void_pred = self.table[..., self.num_classes]
+        self._invalid = torch.zeros(2, dtype=torch.int64, device=self.device)  # bad bins, bad gt pixels
         self.num_images = 0
 
     @property
@@ -115,32 +229,54 @@ class ExposureConfusion:
             return CLASS_NAMES
         return tuple(f"class_{i}" for i in range(self.num_classes))
 
-    @torch.no_grad()
-    def update(self, pred: torch.Tensor, target: torch.Tensor, bins: torch.Tensor) -> None:
-        """Add a batch: NxHxW (or HxW) integer trainIds ``pred``/``target`` (255 = ignore)
-        and exposure ``bins`` (0..9, from ``exposure.bin_index_torch``)."""
-        n = _check_shapes(pred, target, bins)
-        c = self.num_classes
-        pred = pred.to(self.device, non_blocking=True)
-        col = pred
-        if pred.numel():
-            lo, hi = torch.aminmax(pred)
-            if int(lo) < 0:
-                col = torch.where((pred >= 0) & (pred < c), pred, c)
-            elif int(hi) >= c:  # e.g. 255 "no class": its own column (one pass)
-                col = pred.clamp(max=c)
-        counts, _ = count_pixels(bins.to(self.device, non_blocking=True),
-                                 target.to(self.device, non_blocking=True), col, c, c + 1)
-        self.mat += counts[..., :c]
-        self.void_pred += counts[..., c]
-        self.num_images += n
+    def count(self, pred: torch.Tensor, target: torch.Tensor, bins: torch.Tensor) -> torch.Tensor:
+        """The [10, C, C+1] int64 counts of a batch on ``device``, not added: one counting pass
+        (:func:`count_pixels`' kernel). NxHxW (or HxW) integer trainIds ``pred``/``target``
+        (255 = ignore; uint8 is counted as it is, wider types are narrowed) and exposure
+        ``bins`` (0..9, from ``exposure.bin_index_torch``). Any prediction that is not a class
+        (255, negative, ...) counts in the not-a-class column."""
+        _check_shapes(pred, target, bins)
+        if pred.is_floating_point() or target.is_floating_point() or bins.is_floating_point():
+            raise ValueError("bins, target and predictions must be integer tensors")
+        c, dev = self.num_classes, self.device
+        pred, target, bins = (x if x.device == dev else x.to(dev, non_blocking=True)
+                              for x in (pred, target, bins))
+        t8 = _range_u8(target, 255, "target holds values outside 0..255", c)
+        b8 = _range_u8(bins, 255, "exposure bins must lie in 0..9: got a value outside 0..255", NUM_BINS)
+        table = _table(b8, t8, _ids_u8(pred, c), c, c + 1, c)
+        if dev.type == "cpu":
+            _check_table(table, target, c, c + 1)
+        else:  # checked when the counts are read
+            self._invalid += torch.stack([table[NUM_BINS].sum(), table[:, -1].sum()])
+        return table[:NUM_BINS, 1:c + 1, :c + 1]
+
+    def add(self, counts: torch.Tensor, num_images: int) -> None:
+        """Add [10, C, C+1] counts (from :meth:`count`) of ``num_images`` images."""
+        self.table += counts.to(self.device)
+        self.num_images += int(num_images)
+
+    def update(self, pred: torch.Tensor, target: torch.Tensor, bins: torch.Tensor) -> torch.Tensor:
+        """Count a batch (see :meth:`count`) and add it; returns the batch's [10, C, C+1] counts."""
+        counts = self.count(pred, target, bins)
+        self.table += counts
+        self.num_images += 1 if pred.dim() == 2 else int(pred.shape[0])
+        return counts
+
+    def check(self) -> None:
+        """Raise ValueError if an update on an accelerator met a bin or gt value out of range."""
+        bad_bins, bad_gt = (int(v) for v in self._invalid.tolist())
+        if bad_bins:
+            raise ValueError(f"exposure bins must lie in 0..{NUM_BINS - 1} ({bad_bins} pixels outside)")
+        if bad_gt:
+            raise ValueError(f"target holds values that are neither classes 0..{self.num_classes - 1} nor "
+                             f"{IGNORE_INDEX} ({bad_gt} pixels)")
 
     def merge(self, other: ExposureConfusion) -> ExposureConfusion:
         """Add another accumulator's counts (e.g. another worker's) into this one; returns self."""
         if other.num_classes != self.num_classes:
             raise ValueError(f"cannot merge {other.num_classes} classes into {self.num_classes}")
-        self.mat += other.mat.to(self.device)
-        self.void_pred += other.void_pred.to(self.device)
+        self.table += other.table.to(self.device)
+        self._invalid += other._invalid.to(self.device)
         self.num_images += other.num_images
         return self
 
@@ -152,18 +288,17 @@ class ExposureConfusion:
         """
         if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
             return
-        c = self.num_classes
-        flat = torch.cat([self.mat.reshape(-1), self.void_pred.reshape(-1),
+        n_table = self.table.numel()
+        flat = torch.cat([self.table.reshape(-1), self._invalid,
                           torch.tensor([self.num_images], dtype=torch.int64, device=self.device)])
         torch.distributed.all_reduce(flat)
-        n_mat = NUM_BINS * c * c
-        self.mat.copy_(flat[:n_mat].view(NUM_BINS, c, c))
-        self.void_pred.copy_(flat[n_mat:n_mat + NUM_BINS * c].view(NUM_BINS, c))
+        self.table.copy_(flat[:n_table].view_as(self.table))
+        self._invalid.copy_(flat[n_table:n_table + 2])
         self.num_images = int(flat[-1].item())
 
     def reset(self) -> None:
-        self.mat.zero_()
-        self.void_pred.zero_()
+        self.table.zero_()
+        self._invalid.zero_()
         self.num_images = 0
 
     @classmethod
@@ -176,18 +311,32 @@ class ExposureConfusion:
         if counts.shape != (NUM_BINS, c, c + 1):
             raise ValueError(f"expected counts of shape [{NUM_BINS}, C, C+1], got {tuple(counts.shape)}")
         acc = cls(num_classes=c, device=device)
-        acc.mat += counts[..., :c].to(acc.device)
-        acc.void_pred += counts[..., c].to(acc.device)
-        acc.num_images = int(num_images)
+        acc.add(counts, num_images)
         return acc
 
     def counts(self) -> np.ndarray:
         """[10, C, C+1] int64 numpy copy: predicted classes, then the not-a-class column."""
-        return np.concatenate([self.mat.cpu().numpy(), self.void_pred.cpu().numpy()[..., None]], axis=2)
+        self.check()
+        return self.table.cpu().numpy().copy()
 
     def compute(self, average: str = "weighted") -> dict[str, Any]:
         """The metrics.json dict (docs/metrics.md): plain floats in [0, 1], None where undefined."""
         return metrics_from_counts(self.counts(), self.num_images, average, self.class_names)
+
+
+def image_scores(counts: np.ndarray) -> dict[str, Any]:
+    """mIoU, pixel accuracy and labelled pixels of one image from its [10, C, C+1] counts (the
+    exposure bins summed): the same definitions as :func:`metrics_from_counts`, without EF1."""
+    total = np.asarray(counts, dtype=np.int64).sum(axis=0)
+    c = total.shape[0]
+    tp = np.diag(total[:, :c]).astype(np.float64)
+    gt = total.sum(axis=1).astype(np.float64)
+    union = gt + total[:, :c].sum(axis=0) - tp
+    valid = union > 0
+    labelled = float(gt.sum())
+    return {"mIoU": float((tp[valid] / union[valid]).mean()) if valid.any() else None,
+            "pixel_acc": float(tp.sum() / labelled) if labelled > 0 else None,
+            "labelled_pixels": int(labelled)}
 
 
 def _f1_per_class(tp: np.ndarray, true: np.ndarray, pred: np.ndarray) -> np.ndarray:
