@@ -22,6 +22,8 @@ STEPS = {
     "train_resources": train.train_resources, "train": train.train, "evaluate": evaluate.evaluate,
     "register": registry.register, "gate": registry.gate, "promote": registry.promote,
     "finalize": train.finalize,
+    "champion_check": registry.champion_check, "evaluate_champion": registry.evaluate_champion,
+    "champion_ready": registry.champion_ready,
 }
 
 

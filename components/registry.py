@@ -3,7 +3,7 @@
 Plain functions: ``components.build(image)`` turns them into lightweight KFP components.
 """
 
-from kfp.dsl import Artifact, Input, Markdown, Model, Output
+from kfp.dsl import Artifact, Dataset, Input, Markdown, Model, Output
 
 
 def register(model: Input[Model], evaluation: Input[Artifact], params_file: str, profile: str,
@@ -28,12 +28,39 @@ def register(model: Input[Model], evaluation: Input[Artifact], params_file: str,
     return str(reg["version"])
 
 
-def gate(version: str, params_file: str, profile: str, overrides: list, mlflow_uri: str) -> str:
-    """`egnet promote --version V --dry-run`: "promote" if the challenger beats the champion, else "keep"."""
+def gate(version: str, champion_evaluation: str, params_file: str, profile: str, overrides: list,
+         mlflow_uri: str) -> str:
+    """`egnet promote --version V --dry-run`: "promote" if the challenger beats the champion on the
+    same test images, else "keep". ``champion_evaluation``: the evaluate-champion run (or a note),
+    an input so that the gate waits for that step when it runs."""
     from egnet.pipeline import steps as k
 
     k.use_tracking(mlflow_uri)
+    print(f"champion evidence: {champion_evaluation or 'the champion evaluation as registered'}")
     return k.gate_decision(version, params_file, profile, overrides)
+
+
+def champion_check(version: str, params_file: str, profile: str, overrides: list, mlflow_uri: str) -> str:
+    """"reevaluate" when the champion was tested on other data than ``version``, else "ready"."""
+    from egnet.pipeline import steps as k
+
+    k.use_tracking(mlflow_uri)
+    return k.champion_check(version, params_file, profile, overrides)
+
+
+def evaluate_champion(data: Input[Dataset], split: Input[Dataset], version: str, params_file: str,
+                      profile: str, overrides: list, mlflow_uri: str, evaluation: Output[Artifact]) -> str:
+    """The champion on this run's test data (GPU, as evaluate), logged as its own MLflow run."""
+    from egnet.pipeline import steps as k
+
+    k.use_tracking(mlflow_uri)
+    return k.evaluate_champion(version, k.data_root(data.path), split.path, evaluation.path, params_file,
+                               profile, overrides)
+
+
+def champion_ready(reason: str) -> str:
+    """The branch where the champion needs no re-evaluation (its output joins evaluate-champion's)."""
+    return f"no re-evaluation ({reason})"
 
 
 def promote(version: str, params_file: str, profile: str, overrides: list, mlflow_uri: str):

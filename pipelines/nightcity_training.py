@@ -246,7 +246,18 @@ def build_pipeline(cfg: Config) -> Callable[..., Any]:
             reg = cpu(c.register(model=trn.outputs["model"], evaluation=evl.outputs["evaluation"], **mlf),
                       data_tier, mlflow=True, lock=True, cache=False)
             version = reg.outputs["Output"]
-            gate = cpu(c.gate(version=version, **mlf), small, mlflow=True, lock=True, cache=False)
+            # like with like: the champion on this run's test data, only when its own test data differ
+            chk = cpu(c.champion_check(version=version, **mlf), small, mlflow=True, cache=False)
+            with dsl.If(chk.output == "reevaluate", name="champion-on-other-test-data"):
+                evc = configure(c.evaluate_champion(data=data, split=split, version=version, **mlf),
+                                cfg, image, res=gpu_tier, pvc=True, gpu_node=True, mlflow=True, cache=False)
+                evc.set_accelerator_type(p.accelerator).set_accelerator_limit(1)
+                _shm(evc, cfg)
+            with dsl.Else(name="champion-test-data-matches"):
+                same = cpu(c.champion_ready(reason=chk.output), small, cache=False)
+            champion_evaluation = dsl.OneOf(evc.outputs["Output"], same.output)
+            gate = cpu(c.gate(version=version, champion_evaluation=champion_evaluation, **mlf), small,
+                       mlflow=True, lock=True, cache=False)
             with dsl.If(gate.output == "promote", name="gate-passed"):
                 cpu(c.promote(version=version, **mlf), small, mlflow=True, lock=True, cache=False)
 

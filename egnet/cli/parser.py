@@ -183,11 +183,22 @@ def _registry_commands(sub) -> None:
                    help="write the registration (name, version, run_id, aliases, model_uri) as JSON here")
 
     p = _add(sub, "promote", h.promote,
-             "champion/challenger gate: move the champion alias if the challenger is better")
+             "champion/challenger gate: move the champion alias if the challenger is better",
+             "Compares champion and challenger on the same test images (the challenger's): a paired\n"
+             "bootstrap of challenger - champion over those images, then three rules from params.yaml's\n"
+             "register section: mIoU interval's lower bound > min_delta_miou; mEF1's > -max_mef1_drop;\n"
+             "no exposure bin's EF1 drops by more than max_bin_ef1_drop. When the champion was tested on\n"
+             "other data, --data/--split (the challenger's test data) re-evaluate it first; without them\n"
+             "the gate refuses (exit 1) naming both data versions. docs/registry.md.")
     p.add_argument("--name", default=None, help="registered model name (default: register.model_name)")
     p.add_argument("--version", default=None, help="version to consider (default: @challenger)")
+    p.add_argument("--data", default=None, metavar="DATA",
+                   help="the challenger's test data: re-evaluate the champion on it when needed")
+    p.add_argument("--split", default=None, metavar="SPLIT", help="directory with test.txt (with --data)")
     p.add_argument("--rollback", action="store_true", help="make previous-champion the champion again")
-    p.add_argument("--dry-run", action="store_true", help="show the decision, change nothing")
+    p.add_argument("--dry-run", action="store_true",
+                   help="show the decision as a Markdown table, move no alias (a re-evaluation with "
+                        "--data is still logged: it is evidence)")
     p.add_argument("--force", action="store_true", help="promote even if the gate refuses")
 
     p = _add(sub, "models", h.models,

@@ -73,6 +73,50 @@ def bar_figure(
     return fig
 
 
+def interval_figure(
+    labels: Sequence[str],
+    points: Sequence[float | None],
+    lows: Sequence[float | None],
+    highs: Sequence[float | None],
+    title: str | None,
+    ylabel: str,
+    *,
+    xlabel: str | None = None,
+    limit: tuple[str, float] | None = None,
+    flagged: Sequence[bool] | None = None,
+) -> Figure:
+    """Point values with their intervals (error bars), one per label, around a zero line.
+    ``limit``: (name, y) drawn as a dashed line (e.g. the largest drop a rule allows);
+    ``flagged``: labels drawn in red (e.g. failing a rule). None values are left out."""
+    if not len(points) == len(lows) == len(highs) == len(labels):
+        raise ValueError("points, lows and highs need one value per label")
+    fig = Figure(figsize=(max(6.0, 0.6 * len(labels) + 2), 4.2))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    xs = range(len(labels))
+    flagged = list(flagged) if flagged is not None else [False] * len(labels)
+    for x, p, lo, hi, bad in zip(xs, points, lows, highs, flagged, strict=True):
+        if p is None:
+            continue
+        err = [[p - lo], [hi - p]] if lo is not None and hi is not None else None
+        ax.errorbar([x], [p], yerr=err, fmt="o", capsize=4, color="#b42318" if bad else "#1f5fa8")
+    ax.axhline(0.0, color="black", linewidth=0.8)
+    if limit is not None:
+        ax.axhline(limit[1], color="#b42318", linestyle="--", linewidth=1, label=limit[0])
+        ax.legend(loc="best", fontsize=8)
+    ax.set_xticks(list(xs))
+    tilt = len(labels) > 8
+    ax.set_xticklabels(labels, rotation=45 if tilt else 0, ha="right" if tilt else "center")
+    if title:
+        ax.set_title(title)
+    ax.set_ylabel(ylabel)
+    if xlabel:
+        ax.set_xlabel(xlabel)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
 def bar_chart(path: str | Path, labels: Sequence[str], series: Mapping[str, Sequence[float | None]],
               title: str | None, ylabel: str, **kw: Any) -> Path:
     """:func:`bar_figure` written to ``path`` as PNG; returns ``path``."""

@@ -40,7 +40,8 @@ from egnet.data import charts as plots
 from egnet.data import layout
 from egnet.data.exposure import BIN_NAMES, NUM_BINS, max_rgb, value_bins, value_bins_torch
 from egnet.data.labels import CLASS_NAMES, colorize, to_train_ids
-from egnet.evaluation import evidence, inference
+from egnet.evaluation import inference
+from egnet.evaluation.per_image import PER_IMAGE_COUNTS_FILE, PerImageCounts, write_per_image
 from egnet.evaluation.worst import WorstImages
 from egnet.tracking.client import mlflow_errors
 
@@ -70,7 +71,7 @@ class EvalResult:
     # per-image scores, worst images -> per_image.json, worst/
     worst: WorstImages | None = None
     # per-image paper-protocol counts -> per_image_counts.npz (the gate's paired bootstrap)
-    per_image: evidence.PerImageCounts | None = None
+    per_image: PerImageCounts | None = None
 
 
 def qualitative_indices(n_images: int, k: int) -> list[int]:
@@ -123,7 +124,7 @@ def evaluate_pairs(
     keep = set(qualitative_indices(len(pairs), ev.num_qualitative))
     samples: list[Sample] = []
     worst = WorstImages(ev.num_qualitative)
-    per_image = np.zeros((len(pairs), NUM_BINS, num_classes, num_classes + 1), dtype=np.int32)
+    image_counts = np.zeros((len(pairs), NUM_BINS, num_classes, num_classes + 1), dtype=np.int32)
     resized = 0
 
     def read(pair: layout.Pair) -> _Item:
@@ -141,7 +142,7 @@ def evaluate_pairs(
     def finish(i: int, item: _Item, readback: inference.Readback) -> None:
         """Host side of image ``i`` once its device work is done: evidence, worst images, samples."""
         counts, pred, exposure, mean_v = readback.wait()
-        per_image[i] = counts
+        image_counts[i] = counts
         mv = item.mean_v if item.mean_v is not None else float(mean_v)
         worst.add(item.pair.stem, item.image, item.target, pred, exposure, counts=counts, mean_exposure=mv)
         if i in keep:
@@ -182,7 +183,7 @@ def evaluate_pairs(
     counts_all = acc["paper"].counts()
     return EvalResult(paper, extra, counts_all[..., :num_classes].sum(0), samples, resized,
                       counts=counts_all, worst=worst,
-                      per_image=evidence.PerImageCounts([p.stem for p in pairs], per_image))
+                      per_image=PerImageCounts([p.stem for p in pairs], image_counts))
 
 
 # --------------------------------------------------------------------------- charts
@@ -270,7 +271,7 @@ def write_outputs(out: Path, result: EvalResult, source: inference.ModelSource,
     if result.worst is not None:
         result.worst.write(out)
     if result.per_image is not None:
-        evidence.write(out / evidence.PER_IMAGE_COUNTS_FILE, result.per_image)
+        write_per_image(out / PER_IMAGE_COUNTS_FILE, result.per_image)
     return doc
 
 
@@ -312,19 +313,57 @@ def log_to_run(client: Any, run_id: str, out: Path, doc: dict[str, Any], tags: d
 # --------------------------------------------------------------------------- CLI
 
 
-def main(args: argparse.Namespace, cfg: Config) -> int:
-    pairs_all = layout.pairs_by_stem(args.data)
-    test_list = Path(args.split) / "test.txt"
-    pairs = layout.select(pairs_all, layout.read_split_list(test_list), str(test_list))
+def test_pairs(data: str | Path, split: str | Path) -> list[layout.Pair]:
+    """The pairs of ``SPLIT/test.txt`` in its order; DataError when a stem has no pair or it is empty."""
+    test_list = Path(split) / "test.txt"
+    pairs = layout.select(layout.pairs_by_stem(data), layout.read_split_list(test_list), str(test_list))
     if not pairs:
         raise DataError(f"{test_list}: empty test split")
-    loaded = inference.load(args.model, cfg)
+    return pairs
+
+
+def announce(loaded: inference.LoadedModel, n: int, cfg: Config) -> None:
     source = loaded.source
     print(f"evaluating {source.spec} ({loaded.config.model.variant}/{loaded.config.model.backbone}) on "
-          f"{len(pairs)} test images, {loaded.device}; protocol: infer {cfg.evaluate.infer_size[0]}x"
+          f"{n} test images, {loaded.device}; protocol: infer {cfg.evaluate.infer_size[0]}x"
           f"{cfg.evaluate.infer_size[1]} -> label size" +
           (f"; extra modes: {', '.join(cfg.evaluate.extra_modes)}" if cfg.evaluate.extra_modes else ""),
           flush=True)
+
+
+def write_evaluation(out: Path, result: EvalResult, loaded: inference.LoadedModel, cfg: Config,
+                     logged_to_run: str | None) -> dict[str, Any]:
+    """Every output file of an evaluation into the folder ``out`` (metrics.json's dict returned)."""
+    doc = write_outputs(out, result, loaded.source, cfg)
+    write_json(out / "model_source.json", {
+        **loaded.source.to_dict(),
+        "model_config": {"variant": loaded.config.model.variant, "backbone": loaded.config.model.backbone,
+                         "params_hash": loaded.config.params_hash()},
+        "logged_to_run": logged_to_run,
+    })
+    return doc
+
+
+def evaluation_tags(doc: dict[str, Any], test_data_version: str) -> dict[str, str]:
+    """The tags an evaluation sets on the run it logs into."""
+    return {"test_data_version": test_data_version, "test_protocol": doc["protocol"]["description"][:4000]}
+
+
+def print_summary(result: EvalResult) -> None:
+    print(metrics.format_table(result.metrics))
+    for mode, m in result.modes.items():
+        print(f"[{mode}] mIoU {100 * (m['mIoU'] or 0):.2f}%  mEF1 {m['mEF1'] or 0:.4f}  "
+              "(not the paper protocol)")
+    if result.labels_resized:
+        print(f"note: {result.labels_resized} label(s) were 2x the image size (NightCity+) and were resized "
+              "nearest-neighbour")
+
+
+def main(args: argparse.Namespace, cfg: Config) -> int:
+    pairs = test_pairs(args.data, args.split)
+    loaded = inference.load(args.model, cfg)
+    source = loaded.source
+    announce(loaded, len(pairs), cfg)
     # the run is looked up before the (long) inference: an unreachable server fails fast
     client = None
     if source.run_id:
@@ -341,26 +380,12 @@ def main(args: argparse.Namespace, cfg: Config) -> int:
             client = None
     result = evaluate_pairs(loaded, pairs, cfg)
     with atomic_dir(args.out) as tmp:
-        doc = write_outputs(tmp, result, source, cfg)
-        write_json(tmp / "model_source.json", {
-            **source.to_dict(),
-            "model_config": {"variant": loaded.config.model.variant, "backbone": loaded.config.model.backbone,
-                             "params_hash": loaded.config.params_hash()},
-            "logged_to_run": source.run_id if client is not None else None,
-        })
+        doc = write_evaluation(tmp, result, loaded, cfg, source.run_id if client is not None else None)
         if client is not None:
             with mlflow_errors(f"logging the evaluation into MLflow run {source.run_id}"):
-                log_to_run(client, source.run_id, tmp, doc, {
-                    "test_data_version": data_version(args.data, args.split),
-                    "test_protocol": doc["protocol"]["description"][:4000],
-                })
-    print(metrics.format_table(result.metrics))
-    for mode, m in result.modes.items():
-        print(f"[{mode}] mIoU {100 * (m['mIoU'] or 0):.2f}%  mEF1 {m['mEF1'] or 0:.4f}  "
-              "(not the paper protocol)")
-    if result.labels_resized:
-        print(f"note: {result.labels_resized} label(s) were 2x the image size (NightCity+) and were resized "
-              "nearest-neighbour")
+                log_to_run(client, source.run_id, tmp, doc,
+                           evaluation_tags(doc, data_version(args.data, args.split)))
+    print_summary(result)
     where = f"; logged to MLflow run {source.run_id}" if client is not None else ""
     print(f"wrote {args.out}{where}")
     return 0

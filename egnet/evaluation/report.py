@@ -14,6 +14,11 @@ Sections: headline metrics (with the paper's EGNet Table 1 numbers), EF1 per exp
 bin against the paper's Table 2 EGNet row (chart + table), IoU per class, the most
 confused class pairs in the darkest and brightest bins, and a gallery of the worst test
 images by per-image mIoU (input, ground truth, prediction, predicted exposure).
+With ``--vs`` and both runs' ``per_image_counts.npz`` on the same test images: the paired
+comparison the promotion gate makes (:mod:`egnet.metrics.bootstrap`, params.yaml's
+``register`` settings): RUN - VS for mIoU, mEF1 and EF1 per exposure bin, each with its
+interval, as a chart (bins whose EF1 drops by more than ``register.max_bin_ef1_drop`` in red)
+and a table.
 
 Output (atomic): ``DIR/report.html`` (inline CSS, images as data URIs, no JavaScript) and
 ``DIR/report.json`` (the data on the page). The page is logged into RUN_ID's run as
@@ -35,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from egnet.core import html, paper
-from egnet.core.charts import bar_figure, png_bytes
+from egnet.core.charts import bar_figure, interval_figure, png_bytes
 from egnet.core.config import Config
 from egnet.core.errors import DataError
 from egnet.core.files import atomic_dir, read_json, write_json
@@ -43,7 +48,9 @@ from egnet.core.html import data_uri
 from egnet.core.text import fmt
 from egnet.data.exposure import BIN_NAMES, NUM_BINS
 from egnet.data.labels import CLASS_NAMES, NUM_CLASSES
+from egnet.evaluation.per_image import PER_IMAGE_COUNTS_FILE, PerImageCounts, read_per_image
 from egnet.evaluation.worst import PER_IMAGE_FILE
+from egnet.metrics.bootstrap import paired_bootstrap
 
 #: the paper's EGNet numbers on NightCity (Table 1, "N" columns)
 PAPER = {"mIoU": paper.EGNET_MIOU, "mEF1": paper.EGNET_MEF1}
@@ -67,6 +74,7 @@ class RunData:
     gallery: list[dict[str, Any]] = field(default_factory=list)
     qualitative: str | None = None                # data URI of qualitative.png (gallery fallback)
     missing: list[str] = field(default_factory=list)
+    per_image: PerImageCounts | None = None       # per_image_counts.npz (paired comparison with --vs)
 
     @property
     def label(self) -> str:
@@ -111,6 +119,8 @@ def load_run(client: Any, run_id: str, dst: Path) -> RunData:
         data.missing.append(PER_IMAGE_FILE)
     if (local / "qualitative.png").is_file():
         data.qualitative = data_uri(local / "qualitative.png")
+    if (local / PER_IMAGE_COUNTS_FILE).is_file():
+        data.per_image = read_per_image(local / PER_IMAGE_COUNTS_FILE)
     return data
 
 
@@ -216,6 +226,47 @@ def charts(runs: list[RunData]) -> dict[str, str]:
     return {"ef1": data_uri(png_bytes(ef1), "image/png"), "iou": data_uri(png_bytes(iou), "image/png")}
 
 
+def paired_section(runs: list[RunData], cfg: Config) -> dict[str, Any] | None:
+    """RUN - VS with intervals (the gate's paired bootstrap) when both runs have per-image counts of
+    the same test images; {"note": why not} otherwise; None for a single run."""
+    if len(runs) < 2:
+        return None
+    first, second = runs[0], runs[1]
+    missing = [r.run_id for r in runs if r.per_image is None]
+    if missing:
+        return {"note": f"no paired comparison: run(s) {', '.join(missing)} have no "
+                        f"{EVAL_DIR}/{PER_IMAGE_COUNTS_FILE} (re-run `egnet evaluate`)."}
+    assert first.per_image is not None and second.per_image is not None
+    try:
+        base = second.per_image.aligned_to(first.per_image.stems)
+    except ValueError:
+        return {"note": "no paired comparison: the two evaluations are not on the same test images "
+                        f"({first.per_image.num_images} and {second.per_image.num_images} images)."}
+    reg = cfg.register
+    b = paired_bootstrap(base.counts, first.per_image.counts, resamples=reg.bootstrap_resamples,
+                         confidence=reg.confidence, seed=reg.bootstrap_seed, average=cfg.evaluate.ef1_average)
+    flagged = [i.point is not None and -i.point > reg.max_bin_ef1_drop for i in b.ef1]
+    conf = f"{int(round(100 * b.confidence))}%"
+    fig = interval_figure(BIN_NAMES, [i.point for i in b.ef1], [i.lo for i in b.ef1], [i.hi for i in b.ef1],
+                          f"EF1 per exposure bin: {first.label} - {second.label} ({conf} interval)",
+                          "EF1 difference", xlabel="exposure (HSV V)",
+                          limit=(f"largest drop allowed (register.max_bin_ef1_drop {reg.max_bin_ef1_drop})",
+                                 -reg.max_bin_ef1_drop), flagged=flagged)
+    rows = []
+    for name, key, i in [("mIoU", "mIoU", b.miou), ("mEF1", "mEF1", b.mef1),
+                         *((f"EF1 {BIN_NAMES[g]}", f"EF1.{g}", b.ef1[g]) for g in range(NUM_BINS))]:
+        cells = [_cell(first.run_id, f"paired.{key}.{part}", v)
+                 for part, v in (("point", i.point), ("lo", i.lo), ("hi", i.hi))]
+        beyond = key.startswith("EF1.") and flagged[int(key[4:])]
+        rows.append({"name": name, "cells": [*cells, {"text": "drop beyond the limit" if beyond else ""}]})
+    return {"chart": data_uri(png_bytes(fig), "image/png"), "bootstrap": b.to_dict(),
+            "text": (f"Paired bootstrap over the {b.num_images} common test images ({b.resamples} resamples, "
+                     f"seed {b.seed}): the same resampled images for both runs; {conf} percentile "
+                     f"intervals of {first.label} - {second.label}."),
+            "table": {"id": "paired", "first": "difference (first - second)",
+                      "header": ["point", f"{conf} low", f"{conf} high", ""], "rows": rows}}
+
+
 def _run_rows(runs: list[RunData]) -> list[dict[str, Any]]:
     def param(r: RunData, *keys: str) -> str:
         return "/".join(r.params.get(k, "?") for k in keys)
@@ -229,8 +280,9 @@ def _run_rows(runs: list[RunData]) -> list[dict[str, Any]]:
     return [{"name": n, "texts": [fn(r) for r in runs]} for n, fn in rows]
 
 
-def render(runs: list[RunData]) -> tuple[str, dict[str, Any]]:
-    """The HTML page and the data behind it for ``runs`` (first = RUN_ID, second = --vs)."""
+def render(runs: list[RunData], cfg: Config | None = None) -> tuple[str, dict[str, Any]]:
+    """The HTML page and the data behind it for ``runs`` (first = RUN_ID, second = --vs); ``cfg``
+    (its ``register`` and ``evaluate.ef1_average``) for the paired comparison of two runs."""
     import markupsafe
 
     from egnet.evaluation.report_template import TABLE_MACRO, TEMPLATE
@@ -259,6 +311,9 @@ def render(runs: list[RunData]) -> tuple[str, dict[str, Any]]:
         "worst": [{k: g[k] for k in ("rank", "stem", "miou")} for g in r.gallery],
         "missing": r.missing} for r, v in zip(runs, views, strict=True)],
         "paper": {**PAPER, "EF1": list(paper_ef1())}}
+    paired = paired_section(runs, cfg) if cfg is not None else None
+    if paired is not None:
+        data["paired"] = paired.get("bootstrap") or {"note": paired["note"]}
     title = "EGNet evaluation: " + " vs ".join(r.label for r in runs)
     page = html.render(
         TABLE_MACRO + TEMPLATE,
@@ -266,6 +321,7 @@ def render(runs: list[RunData]) -> tuple[str, dict[str, Any]]:
         protocol=runs[0].metrics.get("protocol", {}).get("description", "-"), runs=views,
         run_rows=_run_rows(runs),
         notes=notes, headline=headline(runs), ef1=ef1_table(runs), iou=iou_table(runs), charts=charts(runs),
+        paired=paired,
         ef1_average=runs[0].metrics.get("ef1_average", "weighted"), panel_columns=len(PANELS),
         # not executed; "</" escaped so the JSON cannot close the script element
         data_json=markupsafe.Markup(json.dumps(data, allow_nan=False).replace("</", "<\\/")),
@@ -292,7 +348,7 @@ def build_report(run_id: str, cfg: Config, out: str | Path, vs: str | None = Non
             print(f"egnet report: warning: run {r.run_id} lacks "
                   f"{', '.join(f'{EVAL_DIR}/{m}' for m in r.missing)}; "
                   "the page says so", file=sys.stderr)
-    page, data = render(runs)
+    page, data = render(runs, cfg)
     out = Path(out)
     with atomic_dir(out) as tmp_out:
         (tmp_out / "report.html").write_text(page, encoding="utf-8")

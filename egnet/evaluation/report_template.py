@@ -51,6 +51,12 @@ th { background: #f2f4f7; } td.name, th.name { text-align: left; }
 <img class="chart" alt="EF1 per exposure bin" src="{{ charts.ef1 }}">
 {{ table(ef1) }}
 
+{% if paired %}<h2>Paired comparison on the same test images</h2>
+{% if paired.note %}<div class="note">{{ paired.note }}</div>{% else %}
+<p>{{ paired.text }} The promotion gate reads the lower bounds (docs/registry.md).</p>
+<img class="chart" alt="EF1 difference per exposure bin with intervals" src="{{ paired.chart }}">
+{{ table(paired.table) }}{% endif %}{% endif %}
+
 <h2>IoU per class</h2>
 <img class="chart" alt="IoU per class" src="{{ charts.iou }}">
 {{ table(iou) }}

@@ -500,6 +500,34 @@ def gate_decision(version: str, params_file: str = "", profile: str = "",
     return "promote"
 
 
+def champion_check(version: str, params_file: str = "", profile: str = "",
+                   overrides: Sequence[str] | None = ()) -> str:
+    """"reevaluate" when the champion has no per-image evidence on ``version``'s test images (its
+    test data differ), else "ready" (the pipeline runs its evaluate-champion step only then)."""
+    from egnet.core.config import load_config
+    from egnet.registry.like_with_like import needs_reevaluation
+    from egnet.tracking.client import client_for
+
+    cfg = load_config(params_file or None, profile or None, list(overrides or []))
+    needed, why = needs_reevaluation(client_for(cfg), cfg.register.model_name, version)
+    print(f"like with like: {why}; {'re-evaluating the champion' if needed else 'nothing to re-evaluate'}")
+    return "reevaluate" if needed else "ready"
+
+
+def evaluate_champion(version: str, data: str, split: str, out: str, params_file: str = "", profile: str = "",
+                      overrides: Sequence[str] | None = ()) -> str:
+    """The champion evaluated on ``version``'s test data (DATA/SPLIT), logged as its own MLflow run and
+    recorded on the champion version; the evaluation folder in ``out``. Returns the run id."""
+    from egnet.core.config import load_config
+    from egnet.registry.like_with_like import ensure_champion_evidence
+    from egnet.tracking.client import client_for, mlflow_errors
+
+    cfg = load_config(params_file or None, profile or None, list(overrides or []))
+    with mlflow_errors("evaluate-champion"):
+        return ensure_champion_evidence(client_for(cfg), cfg.register.model_name, version, cfg, data, split,
+                                        out)
+
+
 # --------------------------------------------------------------------------- drift and reports
 
 

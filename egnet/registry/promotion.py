@@ -1,11 +1,20 @@
 """Champion/challenger promotion and rollback with MLflow 3 aliases (docs/registry.md).
 
-The gate (:func:`gate`): a candidate (``challenger`` or ``--version``) replaces the
-``champion`` only if its test mIoU (paper protocol) improves by at least
-``register.min_delta_miou`` and its test mEF1 drops by at most ``register.max_mef1_drop``;
-with no champion yet, any candidate with both metrics passes. Every decision (pass,
-refusal, forced, rollback) is written as tags ``promotion.<UTC time>`` and
-``last_decision`` (JSON: metrics side by side, rule, who, when) on the versions involved.
+The gate: a candidate (``challenger`` or ``--version``) replaces the ``champion`` only when,
+on the SAME test images (:mod:`egnet.registry.like_with_like`: the champion is re-evaluated on
+the challenger's test data when their test data differ), a paired bootstrap of challenger -
+champion over those images (:mod:`egnet.metrics.bootstrap`; ``register.bootstrap_resamples``,
+``register.bootstrap_seed``, two-sided ``register.confidence`` interval) passes three rules
+(:func:`bootstrap_rules`):
+
+- mIoU: the interval's lower bound > ``register.min_delta_miou``;
+- mEF1: the interval's lower bound > ``-register.max_mef1_drop``;
+- EF1 per exposure bin: no bin's EF1 drops by more than ``register.max_bin_ef1_drop``.
+
+With no champion yet, any candidate with both metrics passes (:func:`gate`). Every decision
+(pass, refusal, forced, rollback) is written as tags ``promotion.<UTC time>`` and
+``last_decision`` (JSON: both test data versions, the point differences and intervals, the
+per-bin differences, each rule, which rule decided, who, when) on the versions involved.
 
 Alias invariant: ``champion`` != ``previous-champion``. :func:`move_champion` keeps it
 after every single registry call (drop previous-champion only when it names the
@@ -31,7 +40,10 @@ from typing import Any
 
 from egnet.core.config import Config
 from egnet.core.errors import ConfigError, EgnetError, GateRefused
-from egnet.core.text import fmt, fmt_delta, render_table
+from egnet.core.text import fmt, fmt_delta, render_markdown, render_table
+from egnet.data.exposure import BIN_NAMES
+from egnet.metrics.bootstrap import BootstrapResult, Interval, paired_bootstrap
+from egnet.registry.like_with_like import Evidence, NotComparable, challenger_evidence, champion_evidence
 from egnet.registry.locking import NO_LOCK, LockSpec, lock_spec, registry_lock
 from egnet.registry.versions import aliases_of, version_metrics
 from egnet.tracking.client import client_for, mlflow_errors
@@ -78,6 +90,94 @@ def format_gate(rows: list[GateRow], candidate: str, champion: str | None) -> st
     head = ("check", f"champion {champion or '(none)'}", f"candidate {candidate}", "delta", "rule", "")
     body = [(r.check, r.champion, r.candidate, r.delta, r.rule, "ok" if r.ok else "FAIL") for r in rows]
     return render_table([head, *body])
+
+
+# --------------------------------------------------------------------------- the bootstrap rules
+
+
+@dataclass(frozen=True)
+class RuleResult:
+    """One rule of the gate: its verdict and the line the console shows."""
+
+    rule: str                  # "mIoU" | "mEF1" | "EF1 per bin"
+    param: str                 # the params.yaml key holding its threshold
+    threshold: float
+    passed: bool
+    text: str
+    failing_bins: tuple[int, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"rule": self.rule, "param": self.param, "threshold": self.threshold, "passed": self.passed,
+                "text": self.text, **({"failing_bins": [BIN_NAMES[g] for g in self.failing_bins]}
+                                      if self.failing_bins else {})}
+
+
+def _ci(i: Interval, confidence: float) -> str:
+    return f"{int(round(100 * confidence))}% CI [{fmt_delta(i.lo)}, {fmt_delta(i.hi)}]"
+
+
+def bootstrap_rules(b: BootstrapResult, min_delta_miou: float, max_mef1_drop: float,
+                    max_bin_ef1_drop: float) -> list[RuleResult]:
+    """The three rules on a paired bootstrap of challenger - champion (module docstring).
+
+    An undefined difference (a metric neither model has, e.g. no labelled pixel at all) fails its
+    rule. Bins without labelled pixels on the test images have no EF1 and are not judged; the
+    failing bins are named darkest first.
+    """
+    rules = []
+    for key, name, limit, param in (("mIoU", "mIoU", min_delta_miou, "register.min_delta_miou"),
+                                    ("mEF1", "mEF1", -max_mef1_drop, "register.max_mef1_drop")):
+        i = b.miou if key == "mIoU" else b.mef1
+        ok = i.lo is not None and i.lo > limit
+        rules.append(RuleResult(name, param, limit, ok,
+                                f"{name}: challenger - champion {fmt_delta(i.point)}, "
+                                f"{_ci(i, b.confidence)}; lower bound > {limit:+.4f} ({param})"))
+    drops = [(g, -i.point) for g, i in enumerate(b.ef1) if i.point is not None]
+    failing = tuple(g for g, d in drops if d > max_bin_ef1_drop)
+    if failing:
+        text = (f"EF1 per bin: drops by more than {max_bin_ef1_drop:.4f} (register.max_bin_ef1_drop) in "
+                + ", ".join(f"{BIN_NAMES[g]} ({fmt_delta(b.ef1[g].point)})" for g in failing))
+    elif drops:
+        g, d = max(drops, key=lambda x: x[1])
+        text = (f"EF1 per bin: largest drop {max(d, 0.0):.4f} ({BIN_NAMES[g]}) <= {max_bin_ef1_drop:.4f} "
+                f"(register.max_bin_ef1_drop)")
+    else:
+        text = "EF1 per bin: no bin has labelled pixels"
+    rules.append(RuleResult("EF1 per bin", "register.max_bin_ef1_drop", max_bin_ef1_drop,
+                            bool(drops) and not failing, text, failing))
+    return rules
+
+
+def decision_table(b: BootstrapResult, rules: list[RuleResult], champion: str, candidate: str) -> str:
+    """The comparison as a Markdown table ops can paste: the headline metrics and every exposure
+    bin, both versions' values on the same images, the difference, its interval, the rule."""
+    conf = f"{int(round(100 * b.confidence))}% CI"
+    by = {r.rule: r for r in rules}
+    head = ("metric", f"champion {champion}", f"challenger {candidate}", "difference", conf, "rule", "result")
+    rows: list[tuple[str, ...]] = [head]
+    for key, i in (("mIoU", b.miou), ("mEF1", b.mef1)):
+        r = by[key]
+        rows.append((key, fmt(b.champion[key]), fmt(b.challenger[key]), fmt_delta(i.point),
+                     f"[{fmt_delta(i.lo)}, {fmt_delta(i.hi)}]", f"lower bound > {r.threshold:+.4f}",
+                     "ok" if r.passed else "FAIL"))
+    bins = by["EF1 per bin"]
+    for g, i in enumerate(b.ef1):
+        judged = i.point is not None
+        rows.append((f"EF1 {BIN_NAMES[g]}", fmt(b.champion["EF1"][g]), fmt(b.challenger["EF1"][g]),
+                     fmt_delta(i.point), f"[{fmt_delta(i.lo)}, {fmt_delta(i.hi)}]",
+                     f"drop <= {bins.threshold:.4f}" if judged else "no pixels",
+                     ("FAIL" if g in bins.failing_bins else "ok") if judged else "-"))
+    return render_markdown(rows)
+
+
+def compare(champ: Evidence, cand: Evidence, cfg: Config) -> tuple[BootstrapResult, list[RuleResult]]:
+    """Paired bootstrap of ``cand`` - ``champ`` over the challenger's test images, and the rules."""
+    reg = cfg.register
+    a = champ.data.aligned_to(cand.data.stems)
+    result = paired_bootstrap(a.counts, cand.data.counts, resamples=reg.bootstrap_resamples,
+                              confidence=reg.confidence, seed=reg.bootstrap_seed,
+                              average=cfg.evaluate.ef1_average)
+    return result, bootstrap_rules(result, reg.min_delta_miou, reg.max_mef1_drop, reg.max_bin_ef1_drop)
 
 
 # --------------------------------------------------------------------------- alias moves
@@ -136,15 +236,43 @@ def record_decision(client: Any, name: str, versions: list[str], decision: dict[
 
 
 def promote(client: Any, name: str, cfg: Config, version: str | None = None,
-            dry_run: bool = False, force: bool = False) -> int:
-    """The gate; prints the table; returns 0 (promoted / would promote / nothing to do).
-    Raises GateRefused (exit 1) when refused without --force. Holds the registry lock
-    (none for a dry run, which changes nothing) from reading the champion to moving it."""
+            dry_run: bool = False, force: bool = False, data: str | None = None,
+            split: str | None = None) -> int:
+    """The gate; prints a line per rule (and with ``dry_run`` the table); returns 0 (promoted /
+    would promote / nothing to do). Raises GateRefused (exit 1) when refused without --force,
+    NotComparable (exit 1) when the champion has no evidence on the challenger's test images
+    and no ``data``/``split`` to re-evaluate it on. Holds the registry lock (none for a dry run,
+    which moves no alias) from reading the champion to moving it."""
     with registry_lock(name, NO_LOCK if dry_run else lock_spec(cfg)):
-        return _promote(client, name, cfg, version, dry_run, force)
+        return _promote(client, name, cfg, version, dry_run, force, data, split)
 
 
-def _promote(client: Any, name: str, cfg: Config, version: str | None, dry_run: bool, force: bool) -> int:
+def _compare_versions(client: Any, name: str, cand: Any, champ: Any, cfg: Config, data: str | None,
+                      split: str | None) -> tuple[dict[str, Any], bool, BootstrapResult, list[RuleResult]]:
+    """Evidence of both versions on the same images, the bootstrap and the rules, printed."""
+    cand_ev = challenger_evidence(client, name, cand)
+    champ_ev = champion_evidence(client, name, champ, cand_ev, cfg, data, split)
+    result, rules = compare(champ_ev, cand_ev, cfg)
+    how = ("both evaluated on it" if champ_ev.kind == "evaluation"
+           else f"champion re-evaluated on it in run {champ_ev.run_id}")
+    print(f"like with like: champion v{champ.version} and challenger v{cand.version} on test data "
+          f"{cand_ev.test_data_version}, the same {result.num_images} images ({how}); paired bootstrap, "
+          f"{result.resamples} resamples, seed {result.seed}")
+    for r in rules:
+        print(f"rule {r.text}: {'ok' if r.passed else 'FAIL'}")
+    passed = all(r.passed for r in rules)
+    failed = [r.rule for r in rules if not r.passed]
+    test_data = {"challenger": cand_ev.test_data_version,
+                 "champion_registered": (champ.tags or {}).get("test_data_version"),
+                 "champion_evidence": champ_ev.describe(), "challenger_evidence": cand_ev.describe(),
+                 "compared_on": cand_ev.test_data_version, "num_images": result.num_images}
+    fields = {"test_data": test_data, "comparison": result.to_dict(), "rules": [r.to_dict() for r in rules],
+              "decided_by": "all rules passed" if passed else failed[0], "failed_rules": failed}
+    return fields, passed, result, rules
+
+
+def _promote(client: Any, name: str, cfg: Config, version: str | None, dry_run: bool, force: bool,
+             data: str | None = None, split: str | None = None) -> int:
     aliases = aliases_of(client, name)
     cand_v = str(version) if version else aliases.get(CHALLENGER)
     if cand_v is None:
@@ -163,25 +291,50 @@ def _promote(client: Any, name: str, cfg: Config, version: str | None, dry_run: 
     champ = client.get_model_version(name, champ_v) if champ_v else None
     cand_m = version_metrics(client, cand)
     champ_m = version_metrics(client, champ) if champ else None
-    passed, rows = gate(cand_m, champ_m, cfg.register.min_delta_miou, cfg.register.max_mef1_drop)
-    print(format_gate(rows, f"v{cand_v}", f"v{champ_v}" if champ_v else None))
-    decision = {
+    reg = cfg.register
+    decision: dict[str, Any] = {
         "action": "promote", "candidate": cand_v, "champion_before": champ_v,
-        "candidate_metrics": cand_m, "champion_metrics": champ_m, "passed": passed,
-        "forced": force and not passed,
-        "rule": {"min_delta_miou": cfg.register.min_delta_miou, "max_mef1_drop": cfg.register.max_mef1_drop},
+        "candidate_metrics": cand_m, "champion_metrics": champ_m,
+        "rule": {"min_delta_miou": reg.min_delta_miou, "max_mef1_drop": reg.max_mef1_drop,
+                 "max_bin_ef1_drop": reg.max_bin_ef1_drop, "confidence": reg.confidence,
+                 "bootstrap_resamples": reg.bootstrap_resamples, "bootstrap_seed": reg.bootstrap_seed},
         "by": _who(), "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+    if champ is None:
+        passed, rows = gate(cand_m, None, reg.min_delta_miou, reg.max_mef1_drop)
+        print(format_gate(rows, f"v{cand_v}", None))
+        decision["decided_by"] = "first champion" if passed else "no test metrics"
+    else:
+        try:
+            fields, passed, result, rules = _compare_versions(client, name, cand, champ, cfg, data, split)
+        except NotComparable as exc:
+            if not force:
+                if not dry_run:
+                    record_decision(client, name, [cand_v], {**decision, "passed": False, "forced": False,
+                                                             "outcome": "refused", "decided_by": str(exc)})
+                raise
+            print(f"not compared: {exc}")
+            passed, fields = False, {"decided_by": f"not compared: {exc}"}
+        else:
+            if dry_run:
+                print(decision_table(result, rules, f"v{champ_v}", f"v{cand_v}"))
+            if data is not None and fields["test_data"]["champion_evidence"]["kind"] == "evaluation":
+                print("note: --data/--split not needed: the champion was evaluated on the challenger's "
+                      "test data")
+        decision.update(fields)
+    decision["passed"] = passed
+    decision["forced"] = force and not passed
     verdict = "passes" if passed else ("refused, promoting anyway (--force)" if force else "refused")
     if dry_run:
         print(f"dry run: v{cand_v} {'would be promoted' if passed or force else 'would be refused'}; "
-              "nothing changed")
+              "no alias moved")
         if not passed and not force:
-            raise GateRefused(f"{name} v{cand_v}: gate would refuse (see table)")
+            raise GateRefused(f"{name} v{cand_v}: gate would refuse ({decision.get('decided_by')})")
         return 0
     if not passed and not force:
         record_decision(client, name, [cand_v], {**decision, "outcome": "refused"})
-        raise GateRefused(f"{name} v{cand_v}: gate refused promotion over champion v{champ_v} (see table)")
+        raise GateRefused(f"{name} v{cand_v}: gate refused promotion over champion v{champ_v} "
+                          f"({decision.get('decided_by')})")
     _move_and_record(client, name, cand_v, champ_v, decision, "promoted")
     print(f"gate {verdict}: {name} v{cand_v} is champion" +
           (f"; v{champ_v} is {PREVIOUS}" if champ_v else " (first champion)"))
@@ -227,12 +380,16 @@ def _rollback(client: Any, name: str, dry_run: bool) -> int:
 
 
 def promote_main(args: argparse.Namespace, cfg: Config) -> int:
-    """`egnet promote [--version V] [--dry-run] [--force] [--rollback]`."""
+    """`egnet promote [--version V] [--data D --split S] [--dry-run] [--force] [--rollback]`."""
     name = args.name or cfg.register.model_name
-    if args.rollback and (args.version or args.force):
-        raise ConfigError("--rollback takes no --version or --force: it restores previous-champion")
+    if args.rollback and (args.version or args.force or getattr(args, "data", None)):
+        raise ConfigError("--rollback takes no --version, --force or --data: it restores previous-champion")
+    if (getattr(args, "data", None) is None) != (getattr(args, "split", None) is None):
+        raise ConfigError("--data and --split go together: the challenger's test data to re-evaluate "
+                          "the champion on")
     with mlflow_errors(f"promote {name}"):
         client = client_for(cfg)
         if args.rollback:
             return rollback(client, name, args.dry_run, lock_spec(cfg))
-        return promote(client, name, cfg, args.version, args.dry_run, args.force)
+        return promote(client, name, cfg, args.version, args.dry_run, args.force,
+                       data=getattr(args, "data", None), split=getattr(args, "split", None))

@@ -66,7 +66,7 @@ class PerImageCounts:
         return PerImageCounts(list(stems), self.counts[[where[s] for s in stems]])
 
 
-def write(path: str | Path, data: PerImageCounts) -> None:
+def write_per_image(path: str | Path, data: PerImageCounts) -> None:
     """Write ``data`` to ``path`` (atomically; int32 counts, compressed)."""
     if data.counts.size and (data.counts.min() < 0 or data.counts.max() > np.iinfo(np.int32).max):
         raise ValueError("per-image counts must lie in 0..2**31-1")
@@ -78,7 +78,7 @@ def write(path: str | Path, data: PerImageCounts) -> None:
         fh.write(buf.getvalue())
 
 
-def read(path: str | Path) -> PerImageCounts:
+def read_per_image(path: str | Path) -> PerImageCounts:
     """Read a ``per_image_counts.npz``; DataError naming the file when it is not one."""
     try:
         with np.load(Path(path), allow_pickle=False) as z:
