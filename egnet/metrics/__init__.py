@@ -72,6 +72,13 @@ def _scratch(n: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, to
     return bufs[1], bufs[2], bufs[3]
 
 
+def _on_cpu(x: torch.Tensor) -> bool:
+    """Whether ``x`` is counted the CPU way (lanes, bincount, errors at once) or the accelerator way
+    (index_add_, checks deferred, no host sync). One place, so the tests can run the accelerator
+    path on CPU tensors."""
+    return x.device.type == "cpu"
+
+
 def _ids_u8(x: torch.Tensor, limit: int) -> torch.Tensor:
     """Integer ids -> uint8 that :func:`_table` may clamp to ``limit``: uint8 as it is; a wider
     type narrowed without letting a large or negative value wrap onto a valid id (clamped to
@@ -79,7 +86,7 @@ def _ids_u8(x: torch.Tensor, limit: int) -> torch.Tensor:
     on an accelerator."""
     if x.dtype == torch.uint8:
         return x
-    if x.device.type == "cpu" and x.numel():
+    if _on_cpu(x) and x.numel():
         a = x.numpy()
         if int(a.min()) >= 0 and int(a.max()) <= 255:  # numpy's int64 min/max: ~2x torch.aminmax here
             return x.to(torch.uint8)
@@ -92,7 +99,7 @@ def _range_u8(x: torch.Tensor, hi: int, what: str, stray: int) -> torch.Tensor:
     counts flag later (:meth:`ExposureConfusion.check`)."""
     if x.dtype == torch.uint8:
         return x
-    if x.device.type == "cpu":
+    if _on_cpu(x):
         if x.numel():
             a = x.numpy()
             lo, top = int(a.min()), int(a.max())  # numpy's int64 min/max: ~2x torch.aminmax here
@@ -117,7 +124,7 @@ def _table(bins: torch.Tensor, target: torch.Tensor, cols: torch.Tensor, num_cla
     """
     nb, r, k = NUM_BINS + 1, num_classes + 2, num_cols + 1
     n = target.numel()
-    cpu = bins.device.type == "cpu"
+    cpu = _on_cpu(bins)
     lanes = LANES if cpu else 1
     size = nb * r * k * lanes
     packed = nb * r <= 256
@@ -244,7 +251,7 @@ class ExposureConfusion:
         t8 = _range_u8(target, 255, "target holds values outside 0..255", c)
         b8 = _range_u8(bins, 255, "exposure bins must lie in 0..9: got a value outside 0..255", NUM_BINS)
         table = _table(b8, t8, _ids_u8(pred, c), c, c + 1, c)
-        if dev.type == "cpu":
+        if _on_cpu(table):
             _check_table(table, target, c, c + 1)
         else:  # checked when the counts are read
             self._invalid += torch.stack([table[NUM_BINS].sum(), table[:, -1].sum()])

@@ -129,9 +129,10 @@ def bootstrap_rules(b: BootstrapResult, min_delta_miou: float, max_mef1_drop: fl
                                     ("mEF1", "mEF1", -max_mef1_drop, "register.max_mef1_drop")):
         i = b.miou if key == "mIoU" else b.mef1
         ok = i.lo is not None and i.lo > limit
+        values = f"champion {fmt(b.champion[key])} -> challenger {fmt(b.challenger[key])}"
         rules.append(RuleResult(name, param, limit, ok,
-                                f"{name}: challenger - champion {fmt_delta(i.point)}, "
-                                f"{_ci(i, b.confidence)}; lower bound > {limit:+.4f} ({param})"))
+                                f"{name}: {values}, difference {fmt_delta(i.point)}, {_ci(i, b.confidence)}; "
+                                f"lower bound > {limit:+.4f} ({param})"))
     drops = [(g, -i.point) for g, i in enumerate(b.ef1) if i.point is not None]
     failing = tuple(g for g, d in drops if d > max_bin_ef1_drop)
     if failing:
@@ -139,8 +140,8 @@ def bootstrap_rules(b: BootstrapResult, min_delta_miou: float, max_mef1_drop: fl
                 + ", ".join(f"{BIN_NAMES[g]} ({fmt_delta(b.ef1[g].point)})" for g in failing))
     elif drops:
         g, d = max(drops, key=lambda x: x[1])
-        text = (f"EF1 per bin: largest drop {max(d, 0.0):.4f} ({BIN_NAMES[g]}) <= {max_bin_ef1_drop:.4f} "
-                f"(register.max_bin_ef1_drop)")
+        text = (f"EF1 per bin: least favourable change {-d:+.4f} ({BIN_NAMES[g]}); no drop beyond "
+                f"{max_bin_ef1_drop:.4f} (register.max_bin_ef1_drop)")
     else:
         text = "EF1 per bin: no bin has labelled pixels"
     rules.append(RuleResult("EF1 per bin", "register.max_bin_ef1_drop", max_bin_ef1_drop,
