@@ -248,7 +248,7 @@ def paired_section(runs: list[RunData], cfg: Config) -> dict[str, Any] | None:
     flagged = [i.point is not None and -i.point > reg.max_bin_ef1_drop for i in b.ef1]
     conf = f"{int(round(100 * b.confidence))}%"
     fig = interval_figure(BIN_NAMES, [i.point for i in b.ef1], [i.lo for i in b.ef1], [i.hi for i in b.ef1],
-                          f"EF1 per exposure bin: {first.label} - {second.label} ({conf} interval)",
+                          f"EF1 per exposure bin, {conf} interval\n{first.label} - {second.label}",
                           "EF1 difference", xlabel="exposure (HSV V)",
                           limit=(f"largest drop allowed (register.max_bin_ef1_drop {reg.max_bin_ef1_drop})",
                                  -reg.max_bin_ef1_drop), flagged=flagged)

@@ -52,7 +52,7 @@ th { background: #f2f4f7; } td.name, th.name { text-align: left; }
 {{ table(ef1) }}
 
 {% if paired %}<h2>Paired comparison on the same test images</h2>
-{% if paired.note %}<div class="note">{{ paired.note }}</div>{% else %}
+{% if paired.get("note") %}<div class="note">{{ paired.note }}</div>{% else %}
 <p>{{ paired.text }} The promotion gate reads the lower bounds (docs/registry.md).</p>
 <img class="chart" alt="EF1 difference per exposure bin with intervals" src="{{ paired.chart }}">
 {{ table(paired.table) }}{% endif %}{% endif %}

@@ -65,8 +65,9 @@ def test_steps_order_and_gate(compiled):
     spec, _ = compiled
     tasks = all_tasks(spec)
     assert set(tasks) == {"resolve-data", "materialise", "validate", "split", "stats", "drift",
-                          "train-resources", "train", "evaluate", "register", "gate", "promote",
-                          "condition-2", "exit-handler-1", "finalize"}
+                          "train-resources", "train", "evaluate", "register", "champion-check",
+                          "condition-branches-2", "condition-3", "evaluate-champion", "condition-4",
+                          "champion-ready", "gate", "promote", "condition-5", "exit-handler-1", "finalize"}
     deps = {name: set(t.get("dependentTasks", [])) for name, t in tasks.items()}
     assert deps["materialise"] == {"resolve-data"}
     assert deps["validate"] == {"materialise"}
@@ -76,9 +77,9 @@ def test_steps_order_and_gate(compiled):
     assert {"split", "stats", "drift", "train-resources"} <= deps["train"]
     assert {"train", "split"} <= deps["evaluate"]
     assert deps["register"] == {"evaluate", "train"}
-    assert deps["gate"] == {"register"}
+    assert deps["gate"] == {"register", "condition-branches-2"}  # after evaluate-champion, when it runs
     # promote runs inside the condition on the gate's output
-    cond = tasks["condition-2"]
+    cond = tasks["condition-5"]
     assert cond["triggerPolicy"]["condition"] == \
         "inputs.parameter_values['pipelinechannel--gate-Output'] == 'promote'"
     assert set(cond["dependentTasks"]) == {"gate", "register"}

@@ -29,6 +29,7 @@ from egnet.core.errors import ConfigError
 from egnet.registry.locking import LOCK_ENV, LockSpec, LockTimeout, S3Lease, held
 from egnet.tracking.registered import CHALLENGER, CHAMPION, PREVIOUS
 from tests.support import BIN, REPO, subprocess_env, tiny_args
+from tests.support.evidence import log_evidence
 
 RACERS = 8
 LOGGING_RACERS = 2  # of the RACERS, these log their model (pickle: seconds of CPU each) while racing
@@ -201,6 +202,9 @@ def test_racing_register_and_promote_leave_one_explained_champion(mlflow_backend
                      f"register.lock_uri={lock}")
     env = {**os.environ, **s3_env.env, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     env.pop(LOCK_ENV, None)
+    evidence_client = mlflow.MlflowClient(uri)
+    for run in runs:  # the gate compares per-image evidence on one test set: give each run its own
+        log_evidence(evidence_client, run["run_id"], run["mIoU"], tmp_path / "evidence")
     # a champion before the race (the worst run): the best racer then always has one to replace
     base = runs.pop(0)
     assert base["mIoU"] == min(r["mIoU"] for r in [base, *runs])

@@ -4,7 +4,8 @@ This module: where things are (``REPO``, ``PARAMS``, ``BIN``), the ``tiny`` prof
 line (``tiny_args``, ``train_argv``) and the environment of an ``egnet`` subprocess. The other
 modules, one topic each: ``data`` (hand-made datasets), ``services`` (moto S3, ``mlflow server``,
 PostgreSQL), ``dvc`` (temporary git+DVC repositories), ``k8s`` and ``kustomize`` (rendering and
-validating k8s/), ``egnet_no_dropout`` (a script).
+validating k8s/), ``egnet_no_dropout`` (a script), ``evidence`` (hand-made per-image counts
+for the promotion gate).
 """
 
 from __future__ import annotations
