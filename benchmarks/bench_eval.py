@@ -9,8 +9,8 @@ output stride 8) saved as an egnet checkpoint and loaded the way evaluate loads 
 Both sides run the paper protocol (resize to ``evaluate.infer_size``, 900x900 by default;
 forward; logits resized bilinearly to the label size; argmax), bf16 autocast on CUDA:
 
-- **bare**: the images decoded beforehand and held in memory; per image: to the device,
-  resize, forward, resize, argmax; one device synchronisation at the end. Nothing else.
+- **bare**: the images decoded beforehand and already on the device; per image: resize,
+  forward, resize, argmax; one device synchronisation at the end. Nothing else.
 - **evaluate**: ``egnet.evaluation.evaluate.evaluate_pairs``, what `egnet evaluate` runs: PNG
   decoding (image and label, ``evaluate.workers`` threads), labelIds -> trainIds, exposure
   bins, the counts (metrics, per-image evidence, worst images), the qualitative samples.
@@ -46,13 +46,13 @@ def _sync(device: torch.device) -> None:
 
 def bare_loop(model: torch.nn.Module, images: list, device: torch.device, infer_wh: tuple[int, int],
               amp: bool, channels_last: bool) -> float:
-    """Seconds for the paper protocol over ``images`` (HxWx3 uint8 numpy, in memory)."""
+    """Seconds for the paper protocol over ``images`` (HxWx3 uint8 tensors already on ``device``)."""
     hw = (infer_wh[1], infer_wh[0])
     _sync(device)
     t = time.perf_counter()
     with torch.inference_mode():
         for image in images:
-            x = torch.from_numpy(image).to(device, non_blocking=True).permute(2, 0, 1)[None]
+            x = image.permute(2, 0, 1)[None]
             x = x.contiguous(memory_format=torch.channels_last) if channels_last else x.contiguous()
             x = F.interpolate(x.float().div_(255.0), size=hw, mode="bilinear", align_corners=False)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     from egnet.data import layout
     from egnet.data.synth import synthesize
     from egnet.evaluation import inference
-    from egnet.evaluation.evaluate import evaluate_pairs, test_pairs, write_outputs
+    from egnet.evaluation.evaluate import evaluate_pairs, split_test_pairs, write_outputs
     from egnet.models import build_model
     from egnet.training.checkpoint import save_final
 
@@ -99,8 +99,8 @@ def main(argv: list[str] | None = None) -> int:
         save_final(Location.from_str(train), model=build_model(cfg.model), cfg=cfg, iteration=0)
         loaded = inference.load(str(train / "model.pt"), cfg)
         device = loaded.device
-        pairs = test_pairs(root, split)
-        images = [layout.read_image(p.image) for p in pairs]
+        pairs = split_test_pairs(root, split)
+        images = [torch.from_numpy(layout.read_image(p.image)).to(device) for p in pairs]  # on the device
         amp = cfg.evaluate.amp and device.type == "cuda"
         channels_last = cfg.evaluate.channels_last and device.type == "cuda"
         if channels_last:

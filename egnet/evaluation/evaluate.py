@@ -150,8 +150,8 @@ def evaluate_pairs(
                                   None if exposure is None else exposure.astype(np.float32) / 255.0))
 
     staging = inference.Staging(device)
-    stream = inference.prefetch(read, pairs, depth=2 * max(2, ev.workers or cpu_workers(0)),
-                                workers=cpu_workers(ev.workers))
+    workers = cpu_workers(ev.workers)
+    stream = inference.prefetch(read, pairs, depth=2 * max(2, workers), workers=workers)
     pending: tuple[int, _Item, inference.Readback] | None = None
     for i, item in enumerate(tqdm(stream, total=len(pairs), desc="evaluate", unit="img",
                                   disable=None if progress is None else not progress)):
@@ -313,7 +313,7 @@ def log_to_run(client: Any, run_id: str, out: Path, doc: dict[str, Any], tags: d
 # --------------------------------------------------------------------------- CLI
 
 
-def test_pairs(data: str | Path, split: str | Path) -> list[layout.Pair]:
+def split_test_pairs(data: str | Path, split: str | Path) -> list[layout.Pair]:
     """The pairs of ``SPLIT/test.txt`` in its order; DataError when a stem has no pair or it is empty."""
     test_list = Path(split) / "test.txt"
     pairs = layout.select(layout.pairs_by_stem(data), layout.read_split_list(test_list), str(test_list))
@@ -360,7 +360,7 @@ def print_summary(result: EvalResult) -> None:
 
 
 def main(args: argparse.Namespace, cfg: Config) -> int:
-    pairs = test_pairs(args.data, args.split)
+    pairs = split_test_pairs(args.data, args.split)
     loaded = inference.load(args.model, cfg)
     source = loaded.source
     announce(loaded, len(pairs), cfg)

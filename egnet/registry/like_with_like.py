@@ -171,7 +171,7 @@ def reevaluate(client: Any, name: str, champ: Any, data: str | Path, split: str 
         evaluation_tags,
         log_to_run,
         print_summary,
-        test_pairs,
+        split_test_pairs,
         write_evaluation,
     )
     from egnet.tracking.runs import LINEAGE_TAGS, data_version
@@ -181,7 +181,7 @@ def reevaluate(client: Any, name: str, champ: Any, data: str | Path, split: str 
     if got != expect_data_version:
         raise NotComparable(f"--data {data} --split {split} is data {got}, but challenger's test data is "
                             f"{expect_data_version}: pass the challenger's test data")
-    pairs = test_pairs(data, split)
+    pairs = split_test_pairs(data, split)
     if {p.stem for p in pairs} != set(expect_stems):
         raise NotComparable(f"{split}/test.txt lists {len(pairs)} images, not the challenger's "
                             f"{len(expect_stems)} test images")
