@@ -70,8 +70,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--size", default="1024x512", help="image size WIDTHxHEIGHT")
     ap.add_argument("--infer", default=None, help="override evaluate.infer_size, WIDTHxHEIGHT")
     ap.add_argument("--rounds", type=int, default=2, help="alternating rounds; the fastest counts")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="SEC.KEY=VALUE")
     a = ap.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
     size = tuple(int(v) for v in a.size.lower().split("x"))
     overrides = [f"data.image_size=[{size[0]},{size[1]}]", "model.backbone_weights=none",
                  "evaluate.extra_modes=[]", *a.overrides]

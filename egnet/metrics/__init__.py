@@ -129,23 +129,29 @@ def _table(bins: torch.Tensor, target: torch.Tensor, cols: torch.Tensor, num_cla
     size = nb * r * k * lanes
     packed = nb * r <= 256
     dtype = torch.int16 if cpu and size <= torch.iinfo(torch.int16).max else torch.int32
+    if n == 0:
+        return torch.zeros(nb, r, k, dtype=torch.int64, device=bins.device)
     if cpu:
         g, b, idx = _scratch(n, dtype)
     else:
         g, b, idx = (torch.empty(n, dtype=d, device=bins.device) for d in (torch.uint8, torch.uint8, dtype))
     torch.add(target.reshape(-1), 1, out=g)      # uint8 arithmetic wraps: 255 (ignore) -> 0
     g.clamp_(max=r - 1)                          # classes -> 1..C, any other value -> C+1
-    torch.clamp(bins.reshape(-1), max=NUM_BINS, out=b)
+    # on the CPU a max (a quarter of a clamp's cost) spares the clamp when nothing is out of range
+    in_range = cpu and int(bins.max()) < NUM_BINS
+    bb = bins.reshape(-1) if in_range else torch.clamp(bins.reshape(-1), max=NUM_BINS, out=b)
     if packed:
-        g.add_(b, alpha=r)                       # (bin, gt) in one uint8: at most 11 * 21 - 1 = 230
-    c = torch.clamp(cols.reshape(-1), max=col_max, out=b)
+        g.add_(bb, alpha=r)                      # (bin, gt) in one uint8: at most 11 * 21 - 1 = 230
+    c = cols.reshape(-1)
+    if not (cpu and int(c.max()) <= col_max):
+        c = torch.clamp(c, max=col_max, out=b)
     if lanes > 1:
         torch.add(_lane_pattern(n, dtype), c, alpha=lanes, out=idx)
     else:
         idx.copy_(c)
     idx.add_(g, alpha=lanes * k)
     if not packed:
-        idx.add_(torch.clamp(bins.reshape(-1), max=NUM_BINS), alpha=lanes * k * r)
+        idx.add_(bb if in_range else torch.clamp(bins.reshape(-1), max=NUM_BINS), alpha=lanes * k * r)
     if cpu:
         hist = torch.bincount(idx, minlength=size)
     else:  # CUDA's bincount reads its input's max on the host (a sync); index_add_ does not
