@@ -8,38 +8,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 import egnet.metrics as em
 from egnet.cli import main
 from egnet.core.errors import DataError
 from egnet.evaluation.per_image import PerImageCounts, read_per_image, write_per_image
 from egnet.metrics import image_scores, metrics_from_counts
-
-REPO = Path(__file__).resolve().parents[2]
-#: the shared synthetic data (256x128) and a resnet18 at stride 32: a forward pass costs little
-OVERRIDES = ["data.image_size=[256,128]", "model.backbone=resnet18", "model.output_stride=32",
-             "model.backbone_weights=none"]
-
-
-def cli(*extra: str) -> list[str]:
-    return ["--params", str(REPO / "params.yaml"), "--profile", "quick",
-            *[a for o in (*OVERRIDES, *extra) for a in ("--set", o)]]
+from tests.support import tiny_args
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    from egnet.core.config import load_config
-    from egnet.core.storage import Location
-    from egnet.models import build_model
-    from egnet.training.checkpoint import save_final
-
-    cfg = load_config(REPO / "params.yaml", "quick", OVERRIDES)
-    torch.manual_seed(1)
-    out = tmp_path_factory.mktemp("ckpt") / "train"
-    out.mkdir()
-    save_final(Location.from_str(out), model=build_model(cfg.model), cfg=cfg, iteration=0)
-    return out / "model.pt"
+def checkpoint(make_checkpoint, tmp_path_factory) -> Path:
+    return make_checkpoint(tmp_path_factory.mktemp("ckpt") / "train", 1)
 
 
 def test_evaluate_writes_the_per_image_counts_it_scored_with_one_pass_per_image(
@@ -49,7 +29,8 @@ def test_evaluate_writes_the_per_image_counts_it_scored_with_one_pass_per_image(
     monkeypatch.setattr(em, "_table", lambda *a, **k: passes.append(1) or real(*a, **k))
     out = tmp_path / "eval"
     assert main(["evaluate", "--data", str(synth_root), "--split", str(split_dir), "--model", str(checkpoint),
-                 "--out", str(out), *cli("evaluate.extra_modes=[flip]", "evaluate.num_qualitative=2")]) == 0
+                 "--out", str(out),
+                 *tiny_args("evaluate.extra_modes=[flip]", "evaluate.num_qualitative=2")]) == 0
     stems = (split_dir / "test.txt").read_text().split()
     assert len(passes) == 2 * len(stems)             # paper + flip: one counting pass each, per image
 
@@ -91,7 +72,7 @@ def test_score_in_worker_processes_equals_one_process(synth_root, split_dir, che
     stems = (split_dir / "test.txt").read_text().split()
     images = [str(layout.image_path(synth_root, "val", s)) for s in stems]
     pred = tmp_path / "pred"
-    assert main(["predict", *images, "--model", str(checkpoint), "--out", str(pred), *cli()]) == 0
+    assert main(["predict", *images, "--model", str(checkpoint), "--out", str(pred), *tiny_args()]) == 0
     one = score(pred, synth_root, stems, (256, 128), workers=1)
     two = score(pred, synth_root, stems, (256, 128), workers=2)
     assert one == two and one["num_images"] == len(stems)

@@ -3,16 +3,14 @@ two runs' per-image counts), from hand-made evaluations, no MLflow server."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
 from egnet.core.config import load_config
 from egnet.evaluation.per_image import PerImageCounts
 from egnet.evaluation.report import RunData, render
 from egnet.metrics import metrics_from_counts
+from tests.support import PARAMS
 
-REPO = Path(__file__).resolve().parents[2]
 C = 19
 
 
@@ -31,7 +29,7 @@ def run(run_id: str, per_image: np.ndarray, stems: list[str]) -> RunData:
 
 
 def test_vs_report_draws_the_paired_per_bin_differences() -> None:
-    cfg = load_config(REPO / "params.yaml")
+    cfg = load_config(PARAMS)
     stems = [f"s{i}" for i in range(20)]
     first = run("aaaaaaaa01", counts({0: 0.722, 5: 0.95}), stems)
     second = run("bbbbbbbb02", counts({0: 0.80, 5: 0.80})[::-1].copy(), stems[::-1])  # other order
@@ -47,7 +45,7 @@ def test_vs_report_draws_the_paired_per_bin_differences() -> None:
 
 
 def test_vs_report_says_why_it_cannot_pair() -> None:
-    cfg = load_config(REPO / "params.yaml")
+    cfg = load_config(PARAMS)
     first = run("aaaaaaaa01", counts({0: 0.8}), [f"s{i}" for i in range(20)])
     other = run("bbbbbbbb02", counts({0: 0.8}), [f"t{i}" for i in range(20)])
     page, data = render([first, other], cfg)

@@ -4,20 +4,19 @@ for whichever branch ran. Read from the spec the KFP backend reads (real kfp com
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import yaml
 
 from egnet.core.config import load_config
 from pipelines.nightcity_training import compile_pipeline
+from tests.support import PARAMS
 
-REPO = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.kfp
 
 
 @pytest.fixture(scope="module")
 def compiled(tmp_path_factory) -> tuple[dict, dict]:
-    out = compile_pipeline(load_config(REPO / "params.yaml"), tmp_path_factory.mktemp("p") / "p.yaml")
+    out = compile_pipeline(load_config(PARAMS), tmp_path_factory.mktemp("p") / "p.yaml")
     spec, platform = [d for d in yaml.safe_load_all(out.read_text()) if d]
     return spec, platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
 

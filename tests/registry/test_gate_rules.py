@@ -12,6 +12,7 @@ import pytest
 from egnet.cli import main
 from egnet.metrics.bootstrap import paired_bootstrap
 from egnet.registry.promotion import bootstrap_rules, decision_table, gate
+from tests.support import tiny_args
 
 C = 19
 N = 60
@@ -88,6 +89,6 @@ def test_decision_table_is_markdown_with_every_bin() -> None:
 
 
 def test_promote_data_and_split_go_together(capsys) -> None:
-    assert main(["promote", "--data", "somewhere"]) == 2
+    assert main(["promote", "--data", "somewhere", *tiny_args()]) == 2
     assert "--data and --split go together" in capsys.readouterr().err
-    assert main(["promote", "--rollback", "--data", "d", "--split", "s"]) == 2
+    assert main(["promote", "--rollback", "--data", "d", "--split", "s", *tiny_args()]) == 2

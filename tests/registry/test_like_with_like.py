@@ -14,35 +14,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from egnet.cli import main
+from tests.support import PARAMS, TINY, tiny_args
 
 pytestmark = [pytest.mark.slow, pytest.mark.mlflow, pytest.mark.s3]
 
-REPO = Path(__file__).resolve().parents[2]
-OVERRIDES = ["data.image_size=[256,128]", "model.backbone=resnet18", "model.output_stride=32",
-             "model.backbone_weights=none", "evaluate.num_qualitative=1"]
-
 
 def args(uri: str, *extra: str) -> list[str]:
-    return ["--params", str(REPO / "params.yaml"), "--profile", "quick",
-            *[a for o in (*OVERRIDES, f"tracking.uri={uri}", *extra) for a in ("--set", o)]]
-
-
-def train_dir(root: Path, seed: int, run_id: str) -> Path:
-    """An egnet train dir look-alike: an untrained model.pt and its MLflow run id."""
-    from egnet.core.config import load_config
-    from egnet.core.storage import Location
-    from egnet.models import build_model
-    from egnet.training.checkpoint import save_final
-
-    cfg = load_config(REPO / "params.yaml", "quick", OVERRIDES)
-    torch.manual_seed(seed)
-    root.mkdir(parents=True)
-    save_final(Location.from_str(root), model=build_model(cfg.model), cfg=cfg, iteration=0)
-    (root / "mlflow_run_id").write_text(run_id + "\n")
-    return root
+    return tiny_args("evaluate.num_qualitative=1", f"tracking.uri={uri}", *extra)
 
 
 @pytest.fixture(scope="module")
@@ -53,13 +33,12 @@ def data_b(tmp_path_factory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("data-b") / "nightcity"
     synthesize(root, num=10, seed=23, size=(256, 128))
     split = root.parent / "split"
-    assert main(["data", "split", str(root), "--out", str(split), "--params", str(REPO / "params.yaml"),
-                 "--set", "data.image_size=[256,128]"]) == 0
+    assert main(["data", "split", str(root), "--out", str(split), *tiny_args()]) == 0
     return root, split
 
 
 def test_champion_on_other_test_data_is_compared_like_with_like(mlflow_server, synth_root, split_dir, data_b,
-                                                                 tmp_path, capsys) -> None:
+                                                                 make_checkpoint, tmp_path, capsys) -> None:
     import mlflow
 
     from egnet.pipeline import steps
@@ -75,7 +54,7 @@ def test_champion_on_other_test_data_is_compared_like_with_like(mlflow_server, s
         runs[tag] = client.create_run(exp, run_name=f"model-{tag}", tags={
             "git_commit": "0" * 40, "data_version": f"content:train-{tag}", "params_hash": "h"}).info.run_id
         client.set_terminated(runs[tag])
-        train_dir(tmp_path / tag, seed, runs[tag])
+        make_checkpoint(tmp_path / tag, seed, run_id=runs[tag])
         root, split = data[tag]
         assert main(["evaluate", "--data", str(root), "--split", str(split), "--model", str(tmp_path / tag),
                      "--out", str(tmp_path / f"eval_{tag}"), *args(uri)]) == 0
@@ -86,8 +65,8 @@ def test_champion_on_other_test_data_is_compared_like_with_like(mlflow_server, s
             assert main(["promote", "--name", name, *args(uri)]) == 0       # first champion: v1
     dv = {t: client.get_run(r).data.tags["test_data_version"] for t, r in runs.items()}
     assert dv["a"] != dv["b"]
-    pipeline_conf = (str(REPO / "params.yaml"), "quick", [*OVERRIDES, f"tracking.uri={uri}",
-                                                          f"register.model_name={name}"])
+    pipeline_conf = (str(PARAMS), TINY, ["evaluate.num_qualitative=1", f"tracking.uri={uri}",
+                                         f"register.model_name={name}"])
 
     # without the challenger's data: refused, exit 1, both data versions named, recorded on v2
     capsys.readouterr()
