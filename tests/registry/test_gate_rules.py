@@ -52,6 +52,18 @@ def test_bin_guard_refuses_a_challenger_that_loses_the_darkest_bin() -> None:
     assert gate(b.challenger, b.champion, 0.0, 0.01)[0]
 
 
+def test_noisier_challenger_with_a_higher_mean_is_refused_where_the_point_rule_passes() -> None:
+    """+0.01 mIoU on average (71% and 91% images against 80% everywhere): inside the noise."""
+    champ = np.stack([image({0: 0.80, 5: 0.80})] * 100)
+    noisy = np.stack([image({0: 0.71, 5: 0.71}) if i % 2 else image({0: 0.91, 5: 0.91}) for i in range(100)])
+    b, rules = run(champ, noisy)
+    assert gate(b.challenger, b.champion, 0.0, 0.01)[0]                 # the point rule: +0.01 >= 0
+    assert [r.passed for r in rules] == [False, True, True]             # refused by the mIoU rule only
+    assert "lower bound > +0.0000 (register.min_delta_miou)" in rules[0].text
+    steady = np.stack([image({0: 0.81, 5: 0.81})] * 100)                # +0.01 on every image passes
+    assert all(r.passed for r in run(champ, steady)[1])
+
+
 def test_failing_bins_are_named_darkest_first_and_within_the_limit_pass() -> None:
     champ = np.stack([image({0: 0.8, 1: 0.8, 7: 0.8})] * N)
     chall = np.stack([image({0: 0.75, 1: 0.78, 7: 0.70})] * N)   # drops: 0.029, 0.011, 0.065
