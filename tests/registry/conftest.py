@@ -8,7 +8,7 @@ MLflow backend store, and cheap runs for tests of registering rather than of mod
 - ``world`` (module, parametrised indirectly with ``"sqlite"`` or ``"postgresql"``): a fresh
   registered-model name over those runs as that backend's server sees them: the runs themselves
   on the server they were trained against; on the PostgreSQL-backed one a copy of each run
-  (tags, params, test metrics) with its own train and eval dirs pointing at it.
+  (tags, params, test metrics, per-image counts) with its own train and eval dirs pointing at it.
 - ``cheap_runs(uri, root, n, prelogged)``: MLflow runs with an untrained checkpoint and a
   hand-written evaluation each.
 """
@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from egnet.evaluation.per_image import PER_IMAGE_COUNTS_FILE
 from tests.support import mlflow_env_restored, read_json, tiny_args, train_argv
 
 GOOD_ITERATIONS = 20  # enough to beat a 1-iteration model clearly on the synthetic scenes ...
@@ -121,6 +122,9 @@ def world_on(server, models: World, root: Path) -> World:
         metrics = [Metric(k, v, 0, 0) for k, v in old.data.metrics.items() if k.startswith("test_")]
         params = [Param(k, v) for k, v in old.data.params.items()]
         dst.log_batch(run.info.run_id, metrics=metrics, params=params)
+        # the gate's evidence: the per-image counts `egnet evaluate` logged under evaluation/
+        counts = models.root / f"eval_{tag}" / PER_IMAGE_COUNTS_FILE
+        dst.log_artifact(run.info.run_id, str(counts), "evaluation")
         dst.set_terminated(run.info.run_id)
         runs[tag] = run.info.run_id
         (root / tag).mkdir(parents=True)
@@ -129,6 +133,7 @@ def world_on(server, models: World, root: Path) -> World:
         ev = root / f"eval_{tag}"
         ev.mkdir()
         shutil.copy(models.root / f"eval_{tag}" / "metrics.json", ev / "metrics.json")
+        shutil.copy(counts, ev / PER_IMAGE_COUNTS_FILE)
         source = read_json(models.root / f"eval_{tag}" / "model_source.json")
         (ev / "model_source.json").write_text(json.dumps({**source, "run_id": run.info.run_id,
                                                           "logged_to_run": run.info.run_id}))
