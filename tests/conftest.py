@@ -53,6 +53,9 @@ def pytest_configure(config: pytest.Config) -> None:
         raise KeyboardInterrupt(f"signal {signum}")
 
     signal.signal(signal.SIGTERM, interrupt)
+    # ... in this process only: a forked child (a process pool's worker) dies of SIGTERM as usual,
+    # so `Pool.terminate()` cannot wait for ever on a worker blocked where no Python code runs
+    os.register_at_fork(after_in_child=lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL))
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

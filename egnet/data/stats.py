@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import multiprocessing
 import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -35,7 +34,7 @@ from tqdm import tqdm
 
 from egnet.core.config import Config
 from egnet.core.errors import DataError
-from egnet.core.files import atomic_dir, cpu_workers, write_csv, write_json
+from egnet.core.files import atomic_dir, cpu_workers, pool_context, write_csv, write_json
 from egnet.data import exposure, labels, layout
 
 SPLIT_NAMES = ("train", "test")
@@ -133,8 +132,8 @@ def map_images(
     work = functools.partial(image_stats, size=tuple(size))
     if nproc == 1:
         return [work(p) for p in tqdm(pairs, desc=desc, unit="img", disable=None)]
-    # fork: workers start in milliseconds and inherit the imported modules (no torch re-import)
-    with multiprocessing.get_context("fork").Pool(nproc) as pool:
+    # fork where safe: workers start in milliseconds with the modules imported (core.files.pool_context)
+    with pool_context().Pool(nproc) as pool:
         results = pool.imap(work, pairs, chunksize=chunksize_for(len(pairs), nproc))
         return list(tqdm(results, total=len(pairs), desc=desc, unit="img", disable=None))
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import multiprocessing
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -38,7 +37,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from egnet.core.errors import DataError
-from egnet.core.files import cpu_workers, write_json
+from egnet.core.files import cpu_workers, pool_context, write_json
 from egnet.data import exposure, labels, layout
 from egnet.metrics import ExposureConfusion, count_pixels, format_table
 
@@ -218,9 +217,9 @@ def score(pred_dir: str | Path, root: str | Path, stems: Sequence[str], size: tu
         if nproc == 1:
             results: Iterator[tuple[torch.Tensor, torch.Tensor, int, int]] = map(work, chunks)
         else:
-            # fork: workers start in milliseconds with the modules already imported (as `data stats`);
-            # a bad file raises in its worker, comes back here and terminates the pool
-            pool = multiprocessing.get_context("fork").Pool(nproc, initializer=_worker_init)
+            # fork where safe (core.files.pool_context); a bad file raises in its worker, comes
+            # back here and terminates the pool
+            pool = pool_context().Pool(nproc, initializer=_worker_init)
             results = pool.imap(work, chunks)
         try:
             for counts, ids_seen, was_resized, n in results:
