@@ -15,8 +15,10 @@ from torch import nn
 
 
 def guide(f_s: torch.Tensor, w_r: torch.Tensor, w1: float, w2: float) -> torch.Tensor:
-    """Eq. 1: ``w1 * f_s + w2 * f_s * W_r`` (W_r Nx1xhxw broadcasts over channels)."""
-    return w1 * f_s + w2 * f_s * w_r
+    """Eq. 1, ``w1 * f_s + w2 * f_s * W_r`` (W_r Nx1xhxw broadcasts over channels), computed as
+    ``f_s * (w1 + w2 * W_r)``: the same values up to float rounding, but one full-size product
+    instead of three full-size temporaries and a sum; backward keeps only f_s and the Nx1xhxw gate."""
+    return f_s * (w_r * w2 + w1)
 
 
 class ExposureGuidance(nn.Module):

@@ -63,6 +63,9 @@ class EGNet(nn.Module):
         self.variant = variant
         self.normalize = ImageNetNormalize()
         self.value_input = value_input
+        # the input's V map: the 4th input channel (extra_input) or W_r (attention_map); the
+        # exposure target of the other variants is the loss's business, not the forward's
+        self.uses_value_map = value_input or any(isinstance(g, ValueMapGuidance) for g in guidance.values())
         self.encoder = encoder
         self.seg_stream = seg_stream
         self.exposure_stream = exposure_stream
@@ -79,7 +82,7 @@ class EGNet(nn.Module):
 
         Spatial size is the input size / output stride (rounded up at each stride-2 step).
         """
-        v = value_map_torch(x)
+        v = value_map_torch(x) if self.uses_value_map else None  # once, and only where it is used
         h = self.normalize(x)
         if self.value_input:
             h = torch.cat((h, (v - _V_MEAN) / _V_STD), dim=1)
