@@ -90,6 +90,7 @@ class TrainConfig(_Section):
     momentum: Annotated[float, Field(ge=0, lt=1)]
     weight_decay: NonNegFloat
     poly_power: PosFloat
+    input: Literal["resize", "crop"]   # resize: whole image to crop_size^2 (paper); crop: scale jitter + crop
     crop_size: PosInt
     scale_min: PosFloat
     scale_max: PosFloat
@@ -102,7 +103,8 @@ class TrainConfig(_Section):
     val_every: PosInt
     val_max_images: PosInt
     seed: NonNegInt
-    workers: NonNegInt
+    workers: NonNegInt | Literal["auto"]   # auto: cores per process (GPU) minus one
+    prefetch_factor: PosInt
     pin_memory: bool
     persistent_workers: bool
     amp: bool
@@ -373,8 +375,24 @@ def load_config(
     return cfg
 
 
+#: Keys added after checkpoints were first written, with the value that reproduces what a run
+#: saved without them did (a fact about those runs, not a default: defaults live in params.yaml).
+_ADDED_KEYS: dict[tuple[str, str], Any] = {
+    ("train", "input"): "crop",          # before `train.input` every run took scale-jittered crops
+    ("train", "prefetch_factor"): 2,     # torch's DataLoader default, which those runs used
+}
+
+
 def config_from_dict(data: dict[str, Any], source: str = "checkpoint") -> Config:
-    """Rebuild a Config saved with ``Config.to_dict()`` (e.g. inside a checkpoint)."""
+    """Rebuild a Config saved with ``Config.to_dict()`` (e.g. inside a checkpoint).
+
+    A config saved before a key existed gets that key's historical value (``_ADDED_KEYS``), so
+    older checkpoints and registered models still load, and resume with what they trained with.
+    """
+    data = copy.deepcopy(data)
+    for (section, key), value in _ADDED_KEYS.items():
+        if isinstance(data.get(section), dict):
+            data[section].setdefault(key, value)
     try:
         cfg = Config.model_validate_json(json.dumps(data, default=str))
     except ValidationError as exc:

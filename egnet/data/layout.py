@@ -151,9 +151,9 @@ def select(pairs: dict[str, Pair], stems: Iterable[str], source: str) -> list[Pa
     return [pairs[s] for s in stems]
 
 
-def read_image(path: str | Path, rgb: bool = True) -> np.ndarray:
-    """8-bit 3-channel PNG -> HxWx3 uint8 RGB (BGR, as decoded, with ``rgb=False``: enough for
-    exposure, a max over the channels). Anything else is a DataError naming the file."""
+def read_image(path: str | Path, *, bgr: bool = False) -> np.ndarray:
+    """8-bit 3-channel PNG -> HxWx3 uint8 RGB (OpenCV's BGR with ``bgr=True``: no conversion
+    pass, for callers that cut the image down first). Anything else is a DataError naming the file."""
     img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if img is None:
         raise DataError(f"{path}: cannot be decoded as an image")
@@ -162,7 +162,7 @@ def read_image(path: str | Path, rgb: bool = True) -> np.ndarray:
     if img.ndim != 3 or img.shape[2] != 3:
         channels = 1 if img.ndim == 2 else img.shape[2]
         raise DataError(f"{path}: image must have 3 channels (RGB), got {channels}")
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB) if rgb else img
+    return img if bgr else cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
 def read_label(path: str | Path, size: tuple[int, int] | None = None) -> tuple[np.ndarray, bool]:

@@ -112,7 +112,7 @@ def _image_counts(pair: layout.Pair, pred_path: Path,
     Every array stays uint8 (table lookups with OpenCV, no widening); one counting pass."""
     pred = read_prediction(pred_path)
     label_ids, resized = layout.read_label(pair.label, size)
-    image = layout.read_image(pair.image, rgb=False)  # exposure is max(R, G, B): channel order is moot
+    image = layout.read_image(pair.image, bgr=True)  # exposure is max(R, G, B): channel order is moot
     if image.shape[:2] != label_ids.shape:
         raise DataError(f"{pair.image}: image is {image.shape[1]}x{image.shape[0]}, "
                         f"expected {size[0]}x{size[1]}")

@@ -73,6 +73,11 @@ def env_world_size() -> int:
     return _env_int("WORLD_SIZE", 1)
 
 
+def local_world_size() -> int:
+    """Processes of this job on this node (torchrun's LOCAL_WORLD_SIZE; 1 without it)."""
+    return _env_int("LOCAL_WORLD_SIZE", 1)
+
+
 def init(timeout_min: int = 30) -> DistInfo:
     """Join the process group the launcher describes (no-op for one process); pick the device."""
     world = _env_int("WORLD_SIZE", 1)

@@ -29,14 +29,18 @@ class SegExposureLoss(nn.Module):
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """``outputs`` from the model, ``target`` NxHxW int64 trainIds, ``images`` Nx3xHxW in [0, 1].
 
-        Returns (total loss with grad, {"loss_total", "loss_ce", "loss_exposure"} detached scalars).
+        Returns (total loss with grad, {"loss_total", "loss_ce", "loss_exposure"} detached scalars
+        and ``"labelled"``, the int64 count of labelled pixels), all on the device: what the log
+        window needs, with no host sync. V is computed here, once per batch, and only for models
+        with an exposure output (the only ones whose loss uses it).
         """
         logits = outputs["out"].float()
         if logits.shape[-2:] != target.shape[-2:] or logits.shape[0] != target.shape[0]:
             raise ValueError(f"logits {tuple(logits.shape)} and target {tuple(target.shape)} do not match")
         # sum / count rather than mean: an all-ignore crop gives 0 instead of NaN, with no host sync
-        labelled = (target != self.ignore_index).sum().clamp(min=1)
-        ce = F.cross_entropy(logits, target, ignore_index=self.ignore_index, reduction="sum") / labelled
+        labelled = (target != self.ignore_index).sum()
+        ce_sum = F.cross_entropy(logits, target, ignore_index=self.ignore_index, reduction="sum")
+        ce = ce_sum / labelled.clamp(min=1)
         if "exposure" in outputs:
             exposure = outputs["exposure"].float()
             v = value_map_torch(images.float())
@@ -46,5 +50,6 @@ class SegExposureLoss(nn.Module):
         else:
             l1 = logits.new_zeros(())
         total = self.alpha * ce + self.beta * l1
-        parts = {"loss_total": total.detach(), "loss_ce": ce.detach(), "loss_exposure": l1.detach()}
+        parts = {"loss_total": total.detach(), "loss_ce": ce.detach(), "loss_exposure": l1.detach(),
+                 "labelled": labelled}
         return total, parts

@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 # Keys that may change between a run and its resume: they do not change the weights' trajectory.
 RESUMABLE_CHANGES = (
     "train.checkpoint_every", "train.log_every", "train.val_every", "train.val_max_images",
-    "train.workers", "train.pin_memory", "train.persistent_workers", "train.compile",
+    "train.workers", "train.prefetch_factor", "train.pin_memory", "train.persistent_workers", "train.compile",
     "train.channels_last", "train.deterministic",
 )
 TRAJECTORY_SECTIONS = ("model.", "train.", "data.image_size")
@@ -149,8 +149,9 @@ class Run:
             self.logger.safe("log_params", mlflow.log_params, {k: str(v) for k, v in cfg.flat().items()})
             if stats_json is not None:  # the reference `egnet data drift` compares new data with
                 self.logger.safe("log data stats", tracking.log_data_stats, self.run_id, stats_json, self.uri)
-        log.info("run %s: %s, %d process(es) x batch %d, iterations %d..%d%s", self.run_id, self.info.device,
-                 self.info.world_size, self.per_batch, self.start_it, t.iterations,
+        log.info("run %s: %s, %d process(es) x batch %d, %d loader worker(s) each, iterations %d..%d%s",
+                 self.run_id, self.info.device, self.info.world_size, self.per_batch,
+                 self.train_loader.num_workers, self.start_it, t.iterations,
                  f" (resumed from {self.resumed_from})" if self.resumed_from else "")
 
     def open_bar(self) -> None:

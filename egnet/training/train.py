@@ -38,7 +38,6 @@ import torch
 from egnet.core.config import Config
 from egnet.core.errors import ConfigError, DataError
 from egnet.core.storage import Location
-from egnet.data.labels import IGNORE_INDEX
 from egnet.tracking import runs as tracking
 from egnet.training import checkpoint as ckpt
 from egnet.training import distributed as D
@@ -79,15 +78,21 @@ def check_training(cfg: Config, source: str = "params") -> None:
     """
     w, h = cfg.data.image_size
     if cfg.train.crop_size > min(w, h):
+        why = ("crops would be mostly padding" if cfg.train.input == "crop"
+               else "train.input resize would only upsample it")
         raise ConfigError(f"{source}: 'train.crop_size' = {cfg.train.crop_size}: larger than the images' "
-                          f"shorter side ({min(w, h)} of data.image_size {w}x{h}); "
-                          "crops would be mostly padding")
+                          f"shorter side ({min(w, h)} of data.image_size {w}x{h}); {why}")
 
 
 def train_iterations(run: Run, stop: StopFlag) -> tuple[int, bool]:
     """Iterations ``run.start_it`` .. ``train.iterations`` (or until ``stop``): SGD steps, a log
     line every ``log_every``, validation every ``val_every``, a checkpoint every ``checkpoint_every``
-    and on stop. Returns (iterations done, stopped)."""
+    and on stop. Returns (iterations done, stopped).
+
+    Between log boundaries the host never waits for the device: a step's losses stay on the
+    device in the log window, and the processes agree on a stop signal only at log boundaries
+    (one all-reduce there; a single process reads its own flag after every step, for free).
+    """
     t, info = run.cfg.train, run.info
     it, stopped = run.start_it, False
     window = LogWindow(info.device, t.alpha, t.beta, t.lr)
@@ -96,20 +101,30 @@ def train_iterations(run: Run, stop: StopFlag) -> tuple[int, bool]:
         epoch, k = divmod(it, run.sampler.batches_per_epoch)
         run.sampler.set_epoch(epoch)
         run.sampler.set_start(k)
-        for batch in run.train_loader:
+        batches = iter(run.train_loader)
+        while True:
+            wait0 = time.perf_counter()
+            batch = next(batches, None)
+            if batch is None:
+                break
+            window.waited += time.perf_counter() - wait0
             torch.manual_seed(step_seed(t.seed, info.rank, it))
             lr = run.scheduler.get_last_lr()[0]
             parts = sgd_step(run.net, run.loss_fn, run.optimizer, run.scheduler, batch, info.device,
                              run.flags)
-            window.add(parts, (batch["label"] != IGNORE_INDEX).sum().to(info.device, torch.float64), lr)
+            window.add(parts, lr)
             it += 1
-            if it % t.log_every == 0 or it == t.iterations:
+            log_now = it % t.log_every == 0 or it == t.iterations
+            if log_now:
                 run.log_losses(window.close(it, run.per_batch * info.world_size))
+            boundary0 = time.perf_counter()
             if it % t.val_every == 0 or it == t.iterations:
                 run.validate(it)
-            stopped = D.any_rank(stop.signum is not None, info.device)
+            if log_now or not info.distributed:
+                stopped = D.any_rank(stop.signum is not None, info.device)
             if it % t.checkpoint_every == 0 or it == t.iterations or stopped:
                 run.save(it)
+            window.excluded += time.perf_counter() - boundary0
             if stopped or it >= t.iterations:
                 break
     return it, stopped
