@@ -24,7 +24,9 @@ Random numbers come from the sample's own seed (see
 :class:`egnet.training.distributed.ResumableDistributedSampler`), so augmentation is a
 function of (seed, epoch, position): the same with any number of workers or processes
 and after a resume. Each file is decoded once by OpenCV, in its BGR order; channels are
-put in RGB order on the small result, in the same copy that makes it CHW.
+put in RGB order on the small result, in the same copy that makes it CHW, and labelIds
+become trainIds there too (nearest sampling commutes with the per-pixel table; the
+padding value 255 maps to 255).
 
 Eval transform (paper: test at 900x900): the image is resized to ``eval_size`` while the
 label stays at full size; predictions are resized back to the label size.
@@ -71,7 +73,8 @@ class ScaleCrop:
 
     def __call__(self, image: np.ndarray, label: np.ndarray,
                  rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        """HxWx3 uint8 image and HxW uint8 trainIds -> crop x crop versions of both."""
+        """HxWx3 uint8 image and HxW uint8 label (ids of any kind: nearest sampling, padding 255)
+        -> crop x crop versions of both."""
         h, w = label.shape
         nh, nw, top, left, flip = self.window(h, w, rng)
         c = self.crop
@@ -165,23 +168,23 @@ class SegmentationDataset(Dataset):
         return len(self.pairs)
 
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """(HxWx3 uint8 BGR image, HxW uint8 trainIds) as stored, each decoded once."""
+        """(HxWx3 uint8 BGR image, HxW uint8 labelIds) as stored, each decoded once."""
         pair = self.pairs[index]
         image = layout.read_image(pair.image, bgr=True)
         label_ids, _ = layout.read_label(pair.label, (image.shape[1], image.shape[0]))
-        return image, to_train_ids(label_ids)
+        return image, label_ids
 
     def __getitem__(self, item: int | tuple[int, int]) -> dict[str, Any]:
         index, seed = item if isinstance(item, tuple) else (item, item)
-        image, label = self.load(index)
+        image, label_ids = self.load(index)
         sample: dict[str, Any] = {"stem": self.pairs[index].stem}
-        if self.train:
-            image, label = self.transform(image, label, np.random.default_rng(seed))
+        if self.train:  # on labelIds: the id table then runs on the small result only
+            image, label_ids = self.transform(image, label_ids, np.random.default_rng(seed))
         else:
             sample["bins"] = torch.from_numpy(bin_index(image))  # max(R, G, B): channel order is free
             image = eval_resize(image, self.eval_size)
         sample["image"] = bgr_to_chw_rgb(image)
-        sample["label"] = torch.from_numpy(np.ascontiguousarray(label))
+        sample["label"] = torch.from_numpy(to_train_ids(label_ids))
         return sample
 
 
