@@ -6,10 +6,11 @@
     torchrun --standalone --nproc_per_node=4 -m egnet.cli train --data ... --split ... --out ...
     # multi-node / Kubeflow: see egnet/training/distributed.py and docs/training.md
 
-Schedule (paper Sec. 5, params.yaml ``train``): SGD (momentum, weight decay), lr poly
-decay ``(1 - it / iterations) ** poly_power`` per iteration, random-scale crops with
-flip, loss ``alpha * CE + beta * L1(exposure, V)``; periodic validation at
-``eval_size`` on up to ``val_max_images`` test images.
+Schedule (paper Sec. 5, params.yaml ``train``; docs/training.md says what is the paper's):
+SGD (momentum, weight decay), lr poly decay ``(1 - it / iterations) ** poly_power`` per
+iteration, the whole image resized to ``crop_size`` (``train.input: resize``) or
+random-scale crops (``crop``), with flip, loss ``alpha * CE + beta * L1(exposure, V)``;
+periodic validation at ``eval_size`` on up to ``val_max_images`` test images.
 
 Outputs below ``--out`` (a directory or s3://bucket/prefix): ``checkpoints/ckpt_<it>.pt``
 (every ``checkpoint_every`` iterations and on SIGTERM/SIGINT), ``model.pt`` (final),
