@@ -8,7 +8,7 @@ import torch
 
 from egnet.core.errors import DataError
 from egnet.data import layout
-from egnet.data.dataset import SegmentationDataset, TrainTransform, eval_resize
+from egnet.data.dataset import ScaleCrop, SegmentationDataset, eval_resize
 from egnet.data.exposure import bin_index
 from egnet.data.labels import IGNORE_INDEX, to_train_ids
 from egnet.data.layout import split_pairs
@@ -27,7 +27,7 @@ def _coded_pair(h: int = 40, w: int = 60) -> tuple[np.ndarray, np.ndarray]:
 
 def test_crop_and_flip_move_image_and_label_together():
     image, label = _coded_pair()
-    t = TrainTransform(crop=24, scale_min=1.0, scale_max=1.0, hflip=True)
+    t = ScaleCrop(crop=24, scale_min=1.0, scale_max=1.0, hflip=True)
     flips = 0
     for seed in range(20):
         img, lab = t(image, label, np.random.default_rng(seed))
@@ -45,7 +45,7 @@ def test_scaled_crops_put_each_label_where_its_image_pixel_came_from():
     label = (((yy // block) * 7 + (xx // block)) % 19).astype(np.uint8)
     image = np.stack([np.round(xx * 255 / (w - 1)), np.round(yy * 255 / (h - 1)), np.zeros_like(xx)],
                      axis=-1).astype(np.uint8)
-    t = TrainTransform(crop=64, scale_min=0.5, scale_max=2.0, hflip=True)
+    t = ScaleCrop(crop=64, scale_min=0.5, scale_max=2.0, hflip=True)
     checked = 0
     for seed in range(12):
         img, lab = t(image, label, np.random.default_rng(seed))
@@ -61,7 +61,7 @@ def test_scaled_crops_put_each_label_where_its_image_pixel_came_from():
 
 def test_padding_is_zero_for_the_image_and_ignore_for_the_label():
     image, label = _coded_pair(20, 30)
-    t = TrainTransform(crop=50, scale_min=1.0, scale_max=1.0, hflip=False)
+    t = ScaleCrop(crop=50, scale_min=1.0, scale_max=1.0, hflip=False)
     img, lab = t(image, label, np.random.default_rng(0))
     assert img.shape == (50, 50, 3)
     assert np.array_equal(lab[:20, :30], label) and np.array_equal(img[:20, :30], image)
@@ -71,7 +71,7 @@ def test_padding_is_zero_for_the_image_and_ignore_for_the_label():
 
 def test_same_seed_same_sample_different_seed_different_sample():
     image, label = _coded_pair(80, 120)
-    t = TrainTransform(crop=32, scale_min=0.5, scale_max=2.0, hflip=True)
+    t = ScaleCrop(crop=32, scale_min=0.5, scale_max=2.0, hflip=True)
     a = t(image, label, np.random.default_rng(3))
     b = t(image, label, np.random.default_rng(3))
     c = t(image, label, np.random.default_rng(4))
@@ -81,11 +81,11 @@ def test_same_seed_same_sample_different_seed_different_sample():
 
 def test_train_and_eval_samples_from_the_release_layout(synth_root, split_dir):
     pairs, _ = split_pairs(synth_root, split_dir, "train")
-    t = TrainTransform(crop=64, scale_min=0.75, scale_max=1.25, hflip=True)
+    t = ScaleCrop(crop=64, scale_min=0.75, scale_max=1.25, hflip=True)
     ds = SegmentationDataset(pairs, (256, 128), train=True, transform=t)
     s = ds[(0, 123)]
     assert s["image"].dtype == torch.uint8 and s["image"].shape == (3, 64, 64)
-    assert s["label"].dtype == torch.int64 and s["label"].shape == (64, 64)
+    assert s["label"].dtype == torch.uint8 and s["label"].shape == (64, 64)
     assert set(s["label"].unique().tolist()) <= set(range(19)) | {IGNORE_INDEX}
     assert torch.equal(ds[(0, 123)]["image"], s["image"])  # the seed, not worker state, decides
 
@@ -96,7 +96,7 @@ def test_train_and_eval_samples_from_the_release_layout(synth_root, split_dir):
     ids, _ = layout.read_label(test_pairs[0].label, (256, 128))
     assert e["image"].shape == (3, 80, 96)  # resized to eval_size (width 96, height 80)
     assert torch.equal(e["image"], torch.from_numpy(eval_resize(image, (96, 80))).permute(2, 0, 1))
-    assert torch.equal(e["label"], torch.from_numpy(to_train_ids(ids).astype(np.int64)))  # full size, exact
+    assert torch.equal(e["label"], torch.from_numpy(to_train_ids(ids)))  # full size, exact, uint8
     assert torch.equal(e["bins"], torch.from_numpy(bin_index(image)))  # bins of the full-size image
     assert e["stem"] == test_pairs[0].stem
 

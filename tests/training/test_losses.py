@@ -52,7 +52,8 @@ def test_loss_equals_hand_computation():
     assert math.isclose(float(parts["loss_exposure"]), l1, rel_tol=1e-5)
     assert math.isclose(float(total.detach()), 0.7 * ce + 0.25 * l1, rel_tol=1e-5)
     assert float(parts["loss_total"]) == float(total.detach())
-    assert set(parts) == {"loss_total", "loss_ce", "loss_exposure"}
+    assert set(parts) == {"loss_total", "loss_ce", "loss_exposure", "labelled"}
+    assert parts["labelled"].dtype == torch.int64 and int(parts["labelled"]) == int((target != 255).sum())
     assert not any(p.requires_grad for p in parts.values())
     total.backward()
     assert logits.grad.abs().sum() > 0 and exposure.grad.abs().sum() > 0
@@ -68,6 +69,6 @@ def test_without_exposure_output_loss_is_ce_alone():
 def test_all_ignored_crop_gives_zero_not_nan():
     logits, target, images, exposure = _case()
     total, parts = SegExposureLoss(1.0, 0.0)({"out": logits}, torch.full_like(target, 255), images)
-    assert float(total.detach()) == 0.0
+    assert float(total.detach()) == 0.0 and int(parts["labelled"]) == 0
     total.backward()
     assert torch.isfinite(logits.grad).all()
