@@ -5,7 +5,8 @@ line (``tiny_args``, ``train_argv``) and the environment of an ``egnet`` subproc
 modules, one topic each: ``data`` (hand-made datasets), ``services`` (moto S3, ``mlflow server``,
 PostgreSQL), ``dvc`` (temporary git+DVC repositories), ``k8s`` and ``kustomize`` (rendering and
 validating k8s/), ``egnet_no_dropout`` (a script), ``evidence`` (hand-made per-image counts
-for the promotion gate).
+for the promotion gate), ``host_syncs`` (counting the calls that make the host wait for the
+device) and ``count_host_syncs`` (``egnet`` with that counter, a script).
 """
 
 from __future__ import annotations
