@@ -175,10 +175,14 @@ def test_better_challenger_is_promoted_and_old_champion_kept(world, capsys) -> N
     # pt2 (torch.export, ~20 s) once: the store does not change what is logged
     assert _register(world, "good", fmt="pt2" if world.backend == SQLITE else "pickle") == 0
     assert world.aliases() == {CHAMPION: "1", CHALLENGER: "2"}
-    assert main(["promote", "--name", world.name, "--dry-run", *world.args()]) == 0
+    # 20 iterations on 17 synthetic scenes raise mIoU and mEF1 clearly but not every exposure
+    # bin's EF1 (a few pixels in the brightest bin): the bin guard is off here and is tested on
+    # hand-made evidence (tests/registry/test_gate_rules.py)
+    gate_args = world.args("register.max_bin_ef1_drop=1.0")
+    assert main(["promote", "--name", world.name, "--dry-run", *gate_args]) == 0
     assert world.aliases() == {CHAMPION: "1", CHALLENGER: "2"}  # dry run: nothing moved
     capsys.readouterr()
-    assert main(["promote", "--name", world.name, *world.args()]) == 0
+    assert main(["promote", "--name", world.name, *gate_args]) == 0
     out = capsys.readouterr().out
     assert f"{good['mIoU']:.4f}" in out and f"{bad['mIoU']:.4f}" in out
     assert world.aliases() == {CHAMPION: "2", PREVIOUS: "1"}
