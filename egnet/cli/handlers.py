@@ -14,6 +14,16 @@ from typing import Any
 Handler = Callable[[argparse.Namespace, Any], int]
 
 
+def params_show(args, cfg) -> int:
+    from egnet.core.params import show_main
+    return show_main(args, cfg)
+
+
+def params_resolve(args, cfg) -> int:
+    from egnet.core.params import resolve_main
+    return resolve_main(args, cfg)
+
+
 def data_synth(args, cfg) -> int:
     from egnet.data.synth.generate import main
     return main(args, cfg)

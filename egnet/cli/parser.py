@@ -21,11 +21,12 @@ def _size(text: str) -> tuple[int, int]:
 
 def _common() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
-    g = p.add_argument_group("configuration (params.yaml < profile < --set)")
+    g = p.add_argument_group("configuration (base < profile < params.yaml edits < --set; egnet params show)")
     g.add_argument("--params", type=Path, default=None, metavar="FILE",
                    help="params file (default: ./params.yaml)")
     g.add_argument("--profile", default=None, metavar="NAME",
-                   help="overlay configs/NAME.yaml on params.yaml (default: its `profile` key)")
+                   help="overlay configs/NAME.yaml on the base configs/paper.yaml "
+                        "(default: params.yaml's `profile` key)")
     g.add_argument("--set", dest="overrides", action="append", default=[], metavar="SEC.KEY=VALUE",
                    help="override one param, value parsed as YAML (repeatable), e.g. --set train.lr=0.01")
     return p
@@ -51,12 +52,49 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Run `egnet COMMAND --help` for a command's options. Docs: README.md, docs/.",
     )
+    parser.add_argument("--version", action=_Version, help="egnet version, git commit, torch/CUDA build")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _params_commands(sub)
     _data_commands(sub)
     _model_commands(sub)
     _registry_commands(sub)
     _pipeline_commands(sub)
     return parser
+
+
+class _Version(argparse.Action):
+    """``egnet --version``: printed and exit 0, before any command or config is read."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from egnet.core.version import version_text
+
+        print(version_text())
+        parser.exit()
+
+
+def _params_commands(sub) -> None:
+    """`egnet params show | resolve`."""
+    params = sub.add_parser("params", help="the resolved params and where each value comes from",
+                            description="Precedence: base (configs/paper.yaml) < profile "
+                                        "(configs/<profile>.yaml) < params.yaml values that differ from "
+                                        "the base < --set (docs/data.md, Params).")
+    psub = params.add_subparsers(dest="params_command", metavar="ACTION", required=True)
+    p = _add(psub, "show", h.params_show, "print each key's value and where it comes from",
+             "Each key's resolved value and its source: base (configs/paper.yaml), profile\n"
+             "(configs/<profile>.yaml), params.yaml (an explicit edit: differs from the base) or --set.\n"
+             "  egnet params show --profile quick train      # the train section under quick\n"
+             "  egnet params show --changed                  # only what differs from the paper")
+    p.add_argument("keys", nargs="*", metavar="KEY", help="sections or keys to show (default: all)")
+    p.add_argument("--changed", action="store_true", help="only keys whose value is not the base's")
+    p = _add(psub, "resolve", h.params_resolve,
+             "write the resolved params (every key, final values) to a file",
+             "The first DVC stage: `egnet params resolve --out outputs/params.yaml`; the other stages\n"
+             "read that file (--params outputs/params.yaml) and declare their params from it, so\n"
+             "`dvc params diff` and `dvc exp show` show the values the steps used.")
+    p.add_argument("--out", type=Path, required=True, metavar="FILE", help="resolved params file to write")
 
 
 def _data_commands(sub) -> None:
@@ -248,12 +286,17 @@ def _pipeline_commands(sub) -> None:
              "Runs the same pipeline function as the cluster, each step a subprocess of this venv.\n"
              "Data: --data, else data/nightcity, else synthetic scenes made under --workdir.\n"
              "Profile: quick unless --profile; MLflow: MLFLOW_TRACKING_URI, else tracking.uri\n"
-             "(sqlite:///mlflow.db). A second run registers a second version and gates it.")
+             "(sqlite:///mlflow.db). A second run registers a second version and gates it.\n"
+             "Prints one line per step (a progress bar while training); each step's full log is\n"
+             "in the run's folder, under logs/; --verbose streams them as well.")
     p.add_argument("--local", action="store_true", help="run here with kfp.local (the only mode of `run`)")
     p.add_argument("--data", type=Path, default=None,
                    help="dataset root (default: data/nightcity or synthetic)")
     p.add_argument("--workdir", type=Path, default=Path("local_outputs"),
-                   help="synthetic data and step outputs")
+                   help="synthetic data and step outputs (each step's log: kfp/<run>/logs/<step>.log)")
+    p.add_argument("--verbose", action="store_true",
+                   help="stream every step's full output (kfp's executor input, MLflow INFO lines) "
+                        "besides the one line per step")
     p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                    help="set a pipeline parameter (repeatable), "
                         "e.g. --param data_repo=URL --param data_rev=v1")
