@@ -7,10 +7,11 @@ reached is a ConfigError (exit 2) raised before any training starts.
 Inside the training loop MLflow must never stop training: :class:`RunLogger`
 buffers metrics, sends them in batches, and when the server is away it warns
 once, backs off, and flushes the buffer when the server answers again.
-Tags: ``git_commit``, ``data_version``, ``params_hash``; for data a pipeline fetched from a
-git+DVC repo also ``data_repo``, ``data_repo_path``, ``data_md5``; and whatever the JSON object
-in ``EGNET_RUN_TAGS`` holds (the pipeline's train step: ``kfp_run_id``, ``kfp_run_name``,
-``kfp_pipeline_version``).
+Tags: ``git_commit``, ``data_version``, ``params_hash``; what ran the run: ``egnet_version``,
+``torch_version``, ``torch_cuda`` (egnet.core.version, ``egnet --version``); for data a pipeline
+fetched from a git+DVC repo also ``data_repo``, ``data_repo_path``, ``data_md5``; and whatever the
+JSON object in ``EGNET_RUN_TAGS`` holds (the pipeline's train step: ``kfp_run_id``,
+``kfp_run_name``, ``kfp_pipeline_version``).
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
-import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -28,6 +28,7 @@ from typing import Any
 
 from egnet.core.config import Config
 from egnet.core.errors import ConfigError
+from egnet.core.version import git_commit, version_tags
 from egnet.data.versioning import data_version, read_marker
 
 log = logging.getLogger(__name__)
@@ -67,10 +68,32 @@ def _check_http(uri: str, timeout_s: float) -> None:
         ) from None
 
 
-def _check_sqlite(uri: str) -> None:
+class TrackingStoreMissing(ConfigError):
+    """A command that only reads found no tracking store where the URI points (exit 2); it
+    creates none (an empty ``mlflow.db`` would only hide the mistake)."""
+
+
+def _missing_store(uri: str, where: Path, what: str) -> TrackingStoreMissing:
+    default = uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_absolute()
+    return TrackingStoreMissing(
+        f"no MLflow {what} at {where.resolve()} (tracking URI {uri}"
+        + (", relative to this folder" if default else "") + "); this command only reads and creates "
+        "none: run it where the runs were made, or point it there with MLFLOW_TRACKING_URI=URI "
+        "(or --set tracking.uri=URI)")
+
+
+def _check_sqlite(uri: str, read_only: bool = False) -> None:
     path = uri[len("sqlite:///"):] if uri.startswith("sqlite:///") else ""
     if not path:
         raise ConfigError(f"MLflow tracking URI {uri}: expected sqlite:///PATH")
+    if read_only:
+        if not Path(path).is_file():
+            raise _missing_store(uri, Path(path), "tracking database")
+        try:  # mode=ro: never creates the file
+            sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=ro", uri=True).close()
+        except sqlite3.Error as exc:
+            raise ConfigError(f"MLflow tracking URI {uri}: cannot open the database ({exc})") from None
+        return
     parent = Path(path).parent
     if not parent.is_dir():
         raise ConfigError(f"MLflow tracking URI {uri}: directory {parent} does not exist")
@@ -80,10 +103,13 @@ def _check_sqlite(uri: str) -> None:
         raise ConfigError(f"MLflow tracking URI {uri}: cannot open the database ({exc})") from None
 
 
-def connect_mlflow(cfg: Config, timeout_s: float = 5.0) -> str:
+def connect_mlflow(cfg: Config, timeout_s: float = 5.0, read_only: bool = False) -> str:
     """Set MLflow's tracking URI from ``cfg`` (or the env), check it answers, return it.
 
     http(s): GET ``/health``; sqlite: the file can be opened; file: the directory can be made.
+    ``read_only`` (commands that only read: models, compare, report, promote, drift and
+    predict from the registry): a sqlite file or file store that does not exist is a
+    :class:`TrackingStoreMissing`, and nothing is created.
     Raises ConfigError (one line, exit 2) when it cannot be reached.
     """
     import mlflow
@@ -93,9 +119,11 @@ def connect_mlflow(cfg: Config, timeout_s: float = 5.0) -> str:
     if scheme in ("http", "https"):
         _check_http(uri, timeout_s)
     elif scheme == "sqlite":
-        _check_sqlite(uri)
+        _check_sqlite(uri, read_only)
     elif scheme == "file":
         root = Path(uri[len("file://"):] if uri.startswith("file://") else uri)
+        if read_only and not root.is_dir():
+            raise _missing_store(uri, root, "file store")
         try:
             root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -104,17 +132,6 @@ def connect_mlflow(cfg: Config, timeout_s: float = 5.0) -> str:
         raise ConfigError(f"MLflow tracking URI {uri}: unsupported scheme '{scheme}'")
     mlflow.set_tracking_uri(uri)
     return uri
-
-
-def git_commit(cwd: str | Path | None = None) -> str:
-    """``git rev-parse HEAD`` of the working directory, else env EGNET_GIT_COMMIT, else 'unknown'."""
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10, check=True
-        )
-        return out.stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return os.environ.get("EGNET_GIT_COMMIT", "unknown")
 
 
 #: the lineage tags every training run carries (and registered versions copy)
@@ -142,12 +159,13 @@ def extra_tags() -> dict[str, str]:
 
 
 def run_tags(cfg: Config, data_root: str | Path, split_dir: str | Path) -> dict[str, str]:
-    """The lineage tags every training run carries, plus where fetched data came from and
-    the extra tags of ``$EGNET_RUN_TAGS``."""
+    """The lineage tags every training run carries, what ran it (``egnet --version``), where
+    fetched data came from and the extra tags of ``$EGNET_RUN_TAGS``."""
     tags = {
-        "git_commit": git_commit(Path(__file__).resolve().parent),
+        "git_commit": git_commit(),
         "data_version": data_version(data_root, split_dir),
         "params_hash": cfg.params_hash(),
+        **version_tags(),
     }
     marker = read_marker(data_root) or {}
     if marker.get("repo"):
