@@ -108,7 +108,7 @@ def _load_registered(uri: str, cfg: Config) -> tuple[nn.Module, Config, ModelSou
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    tracking = connect_mlflow(cfg)
+    tracking = connect_mlflow(cfg, read_only=True)
     client = mlflow.MlflowClient(tracking_uri=tracking, registry_uri=tracking)
     with mlflow_errors(f"--model {uri}"):
         mv = registered_version(client, uri)

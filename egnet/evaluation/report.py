@@ -340,7 +340,7 @@ def build_report(run_id: str, cfg: Config, out: str | Path, vs: str | None = Non
     from egnet.tracking.runs import connect_mlflow
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar per download is noise here
-    client = mlflow.MlflowClient(tracking_uri=connect_mlflow(cfg))
+    client = mlflow.MlflowClient(tracking_uri=connect_mlflow(cfg, read_only=True))
     with tempfile.TemporaryDirectory(prefix="egnet-report-") as tmp:
         runs = [load_run(client, rid, Path(tmp) / rid) for rid in [run_id, *([vs] if vs else [])]]
     for r in runs:

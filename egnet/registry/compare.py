@@ -92,6 +92,6 @@ def compare(client: Any, run_ids: list[str], fmt: str = "table") -> str:
 def compare_main(args: argparse.Namespace, cfg: Config) -> int:
     """`egnet compare RUN_ID RUN_ID ... [--format table|markdown]`."""
     with mlflow_errors("compare"):
-        text = compare(client_for(cfg), args.run_ids, args.format)
+        text = compare(client_for(cfg, read_only=True), args.run_ids, args.format)
     print(text)
     return 0

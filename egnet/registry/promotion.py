@@ -389,7 +389,7 @@ def promote_main(args: argparse.Namespace, cfg: Config) -> int:
         raise ConfigError("--data and --split go together: the challenger's test data to re-evaluate "
                           "the champion on")
     with mlflow_errors(f"promote {name}"):
-        client = client_for(cfg)
+        client = client_for(cfg, read_only=True)  # no store: no model to promote; create none
         if args.rollback:
             return rollback(client, name, args.dry_run, lock_spec(cfg))
         return promote(client, name, cfg, args.version, args.dry_run, args.force,

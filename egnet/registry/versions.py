@@ -64,7 +64,7 @@ def models_main(args: argparse.Namespace, cfg: Config) -> int:
     """`egnet models [--name N]`."""
     name = args.name or cfg.register.model_name
     with mlflow_errors(f"models {name}"):
-        rows = version_rows(client_for(cfg), name)
+        rows = version_rows(client_for(cfg, read_only=True), name)
     print(f"{name}: {len(rows) - 1} version(s)")
     print(render_table(rows))
     return 0

@@ -11,11 +11,15 @@ from egnet.core.errors import DataError
 from egnet.tracking.runs import connect_mlflow
 
 
-def client_for(cfg: Config) -> Any:
-    """An MlflowClient on the checked tracking URI (also the registry URI)."""
+def client_for(cfg: Config, read_only: bool = False) -> Any:
+    """An MlflowClient on the checked tracking URI (also the registry URI).
+
+    ``read_only``: the command only reads, so a local store that does not exist is an error
+    (exit 2, :class:`egnet.tracking.runs.TrackingStoreMissing`) rather than a new empty one.
+    """
     import mlflow
 
-    uri = connect_mlflow(cfg)
+    uri = connect_mlflow(cfg, read_only=read_only)
     mlflow.set_registry_uri(uri)
     return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
 

@@ -18,7 +18,7 @@ from egnet.core.errors import ConfigError, DataError
 from egnet.core.files import read_json
 from egnet.data.drift import Reference, reference_file
 from egnet.tracking.registered import parse_models_uri
-from egnet.tracking.runs import DATA_STATS_ARTIFACT, connect_mlflow
+from egnet.tracking.runs import DATA_STATS_ARTIFACT, TrackingStoreMissing, connect_mlflow
 
 #: where a training run keeps its data's stats.json, in the order they are tried (the second: an older name)
 REFERENCE_ARTIFACTS = (DATA_STATS_ARTIFACT, "data_stats/stats.json")
@@ -27,7 +27,8 @@ REFERENCE_TAG = "data_stats"
 
 
 class ReferenceMissing(ConfigError):
-    """The registered version named by ``--reference`` does not exist (e.g. no champion yet)."""
+    """The registered version named by ``--reference`` does not exist (e.g. no champion yet,
+    or no tracking store at all yet)."""
 
 
 def _registry_run(client: Any, spec: str) -> tuple[str, dict[str, Any]]:
@@ -81,7 +82,11 @@ def resolve_reference(spec: str, cfg: Config) -> Reference:
         return Reference.from_file(spec)
     import mlflow
 
-    client = mlflow.MlflowClient(tracking_uri=connect_mlflow(cfg))
+    try:
+        uri = connect_mlflow(cfg, read_only=True)
+    except TrackingStoreMissing as exc:  # no store, so no champion: --allow-missing-reference skips
+        raise ReferenceMissing(f"--reference {spec}: {exc}") from None
+    client = mlflow.MlflowClient(tracking_uri=uri)
     if spec.startswith("models:/"):
         run_id, info = _registry_run(client, spec)
     else:
