@@ -1,11 +1,11 @@
 # The two commands users type: `make run` (the main job) and `make test` (`make test-fast` while
-# working: no services, no training beyond a few steps).
+# working: no services, no training beyond a few steps); `make ui` to look at the runs.
 PYTHON ?= python3.11
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
-.PHONY: run test test-fast install system-deps lint bench clean image
+.PHONY: run ui test test-fast install system-deps lint bench clean image
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -18,8 +18,23 @@ $(STAMP): pyproject.toml | $(PY)
 
 install: $(STAMP)
 
+# One line per step, each step's log in local_outputs/kfp/<run>/logs/; `make run ARGS=--verbose`
+# streams the logs too (any `egnet pipeline run` option goes in ARGS).
+ARGS ?=
 run: install
-	$(VENV)/bin/egnet pipeline run --local
+	$(VENV)/bin/egnet pipeline run --local $(ARGS)
+
+# The MLflow UI on the store `make run` writes (./mlflow.db, artifacts in ./mlartifacts), or on
+# $MLFLOW_TRACKING_URI when that is a file or sqlite store; a tracking server is its own UI.
+# The summary of `make run` links its run and model version at this address.
+UI_PORT ?= 5000
+ui: install
+	@uri="$${MLFLOW_TRACKING_URI:-sqlite:///mlflow.db}"; \
+	case "$$uri" in http://*|https://*) echo "MLflow UI: $$uri (the tracking server serves it)"; exit 0;; esac; \
+	if [ "$$uri" = "sqlite:///mlflow.db" ] && [ ! -f mlflow.db ]; then \
+	  echo "no mlflow.db in $$(pwd): run \`make run\` first (or set MLFLOW_TRACKING_URI)"; exit 2; fi; \
+	echo "MLflow UI: http://127.0.0.1:$(UI_PORT)  (store $$uri; Ctrl-C stops it)"; \
+	exec $(VENV)/bin/mlflow ui --backend-store-uri "$$uri" --host 127.0.0.1 --port $(UI_PORT)
 
 # Lint, the layering contract, then every test (what CI runs: .ci/run).
 test: install system-deps

@@ -3,7 +3,9 @@
 - ``compile``: the pipeline for the resolved params -> ``pipelines/nightcity_training.yaml``.
 - ``run --local``: the very pipeline function under ``kfp.local`` (SubprocessRunner, this
   venv) on ``--data``, ``data/nightcity`` or fresh synthetic data, with the ``quick`` profile
-  and MLflow in ``sqlite:///mlflow.db`` unless told otherwise; ends with a summary.
+  and MLflow in ``sqlite:///mlflow.db`` unless told otherwise. One line per step (a bar while
+  training), each step's full log in ``<run folder>/logs/`` (egnet/pipeline/progress.py;
+  ``--verbose`` streams them too); ends with a summary linking the MLflow run and version.
 - ``submit`` / ``schedule``: compile, upload (a new version of the pipeline), then one run /
   a recurring run on a KFP server (egnet/pipeline/client.py), after checking the server's
   version. ``schedule`` replaces a recurring run of the same name; ``--pause`` / ``--resume`` /
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import sys
 import tempfile
 import time
 import warnings
@@ -29,10 +32,13 @@ from egnet.core.config import Config, load_config
 from egnet.core.errors import ConfigError, DataError
 from egnet.core.files import read_json
 from egnet.pipeline.definition import pipeline_module
+from egnet.pipeline.progress import StepConsole, duration, shown, steps_hooked
 
 LOCAL_PROFILE = "quick"
 #: the pipeline parameter submit/schedule set to the uploaded version's name (an MLflow tag of the run)
 VERSION_PARAM = "pipeline_version"
+#: where `make ui` (mlflow ui) serves a local store; the summary links pages there
+UI_URL = "http://127.0.0.1:5000"
 
 
 def step_overrides(overrides: list[str]) -> list[str]:
@@ -72,10 +78,10 @@ def _local_data(args: argparse.Namespace, cfg: Config, work: Path) -> Path:
 
         d = cfg.data
         w, h = d.image_size
-        print(f"==> synthetic NightCity-format data ({d.synth_num} scenes, {w}x{h}) -> {data}", flush=True)
-        s = synthesize(data, d.synth_num, d.synth_seed, (w, h), d.synth_val_fraction, d.workers)
-        print(f"synth: {s['num']} scenes (train {s['train']}, val {s['val']}) in {s['seconds']:.1f} s",
+        print(f"==> synthetic NightCity-format data: {d.synth_num} scenes, {w}x{h} -> {shown(data)}",
               flush=True)
+        s = synthesize(data, d.synth_num, d.synth_seed, (w, h), d.synth_val_fraction, d.workers)
+        print(f"    made in {duration(s['seconds'])} (train {s['train']}, val {s['val']})", flush=True)
     return data.resolve()
 
 
@@ -96,15 +102,30 @@ def local_outputs(run_dir: Path) -> dict[str, Any]:
             "decision": gate["parameterValues"]["Output"]}
 
 
-def local_summary(outputs: dict[str, Any], cfg: Config, data: Path, uri: str, wall_s: float) -> str:
-    """Metrics, MLflow run, registered version and aliases, gate decision, and how to look."""
+def ui_links(uri: str) -> tuple[str, list[str]]:
+    """(base URL of the MLflow UI for ``uri``, how to start it): a server is its own UI; a
+    local store (sqlite, file) is served by `make ui` at :data:`UI_URL`."""
+    if uri.startswith(("http://", "https://")):
+        return uri.rstrip("/"), ["open the links above"]
+    port = UI_URL.rsplit(":", 1)[1]
+    return UI_URL, ["make ui, then open the links above",
+                    f"(without make: mlflow ui --backend-store-uri {uri} --port {port})"]
+
+
+def local_summary(outputs: dict[str, Any], cfg: Config, data: Path, uri: str, wall_s: float,
+                  logs: Path | None = None) -> str:
+    """Metrics, MLflow run and registered version (with their UI links), gate decision, where the
+    outputs and logs are, and how to look."""
     from egnet.registry.versions import aliases_of
     from egnet.tracking.client import client_for
 
     evaluation = outputs["evaluation"]
     metrics = read_json(Path(evaluation.path) / "metrics.json", "evaluation metrics")
     reg = read_json(outputs["registration"].path, "registration")
-    aliases = aliases_of(client_for(cfg), reg["name"])
+    client = client_for(cfg, read_only=True)
+    aliases = aliases_of(client, reg["name"])
+    experiment = client.get_run(reg["run_id"]).info.experiment_id
+    base, how = ui_links(uri)
     mine = sorted(a for a, v in aliases.items() if str(v) == str(reg["version"]))
     others = ", ".join(f"{a} v{v}" for a, v in sorted(aliases.items()) if str(v) != str(reg["version"]))
     decision = outputs["decision"]
@@ -116,12 +137,16 @@ def local_summary(outputs: dict[str, Any], cfg: Config, data: Path, uri: str, wa
         f"test mEF1       {metrics['mEF1']:.4f}",
         f"EF1 per bin     {ef1}",
         f"MLflow run      {reg['run_id']}",
+        f"                {base}/#/experiments/{experiment}/runs/{reg['run_id']}",
         f"model version   {reg['name']} v{reg['version']} ({', '.join(mine) or 'no alias'})"
         + (f"; {others}" if others else ""),
+        f"                {base}/#/models/{reg['name']}/versions/{reg['version']}",
         "gate            "
         f"{'passed: promoted to champion' if decision == 'promote' else 'refused: champion kept'}",
-        f"pipeline        {wall_s / 60:.1f} min, outputs under {Path(evaluation.path).parents[1]}",
-        f"look            mlflow ui --backend-store-uri {uri}",
+        f"pipeline        {duration(wall_s)}, outputs under {shown(Path(evaluation.path).parents[1])}",
+        *([f"step logs       {shown(logs)}/"] if logs else []),
+        f"look            {how[0]}",
+        *(f"                {line}" for line in how[1:]),
     ]
     return "\n".join(lines)
 
@@ -131,11 +156,16 @@ def run_local(args: argparse.Namespace) -> int:
         raise ConfigError("egnet pipeline run: only --local runs here; "
                           "use `egnet pipeline submit --host URL` for a Kubeflow Pipelines server")
     from kfp import local
+    from kfp.local.executor_input_utils import get_local_task_resource_name
 
     from egnet.pipeline.client import parameter_types, parse_params
 
     profile = args.profile or LOCAL_PROFILE
-    cfg = load_config(args.params, profile, args.overrides)
+    overrides = list(args.overrides)
+    if not any(o.split("=", 1)[0].strip() == "pipeline.train_retries" for o in overrides):
+        # a cluster retries a preempted train pod; here a failure would only repeat after a minute
+        overrides.append("pipeline.train_retries=0")
+    cfg = load_config(args.params, profile, overrides)
     work = Path(args.workdir).resolve()
     work.mkdir(parents=True, exist_ok=True)
     data = _local_data(args, cfg, work)
@@ -162,15 +192,24 @@ def run_local(args: argparse.Namespace) -> int:
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
     print(f"==> pipeline {cfg.pipeline.name} with kfp.local (profile {profile}, MLflow {uri})", flush=True)
     before = set(root.iterdir()) if root.is_dir() else set()
+    steps = [get_local_task_resource_name(name.replace("exec-", "comp-", 1))
+             for name in pipeline.pipeline_spec.deployment_spec["executors"]]
+    console = StepConsole(sys.stdout, len(steps), cfg.train.iterations, verbose=args.verbose)
     t0 = time.perf_counter()
     try:
-        pipeline(**arguments)
+        with console.captured(), steps_hooked(console):
+            pipeline(**arguments)
     except RuntimeError as exc:
+        if console.failed:
+            raise DataError(f"local pipeline run failed at step {console.failed}; its log: "
+                            f"{shown(console.step_log(console.failed))}") from None
         # kfp.local: "Pipeline ... finished with status FAILURE. Inner task failed: ..."
         what = re.sub(r"\x1b\[[0-9;]*m", "", str(exc).splitlines()[0])   # kfp colours task names
-        raise DataError(f"local pipeline run failed (the step's log is above): {what}") from None
+        where = f"; logs: {shown(console.logs)}" if console.logs else ""
+        raise DataError(f"local pipeline run failed: {what}{where}") from None
+    console.skipped([s for s in steps if s not in console.done], "gate refused: nothing to promote")
     (run_dir,) = [d for d in root.iterdir() if d not in before and d.is_dir()]
-    print(local_summary(local_outputs(run_dir), cfg, data, uri, time.perf_counter() - t0))
+    print(local_summary(local_outputs(run_dir), cfg, data, uri, time.perf_counter() - t0, console.logs))
     return 0
 
 
