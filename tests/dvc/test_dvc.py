@@ -2,7 +2,8 @@
 
 - Static (fast): each stage's code deps are exactly the egnet modules its step imports
   (transitively, read with ``ast``), and its params exactly the ``cfg.<section>.<key>`` it
-  reads; a drift in either direction fails with the difference.
+  reads, from the resolved outputs/params.yaml the first stage writes; a drift in either
+  direction fails with the difference.
 - Pipeline (slow): a temporary git+DVC repo with this project's dvc.yaml, .dvcignore,
   .gitignore, configs/ and egnet/ sources, 12 synthetic scenes at 256x128 and a tiny
   training schedule: ``dvc repro`` end to end, a no-op second repro, a param change that
@@ -38,7 +39,9 @@ from tests.support.dvc import (
     tree_bytes,
 )
 
-STAGES = ["validate", "split", "stats", "train", "evaluate"]
+STAGES = ["params", "validate", "split", "stats", "train", "evaluate"]
+STEPS = STAGES[1:]  # the stages that run a step on the resolved params
+RESOLVED = "outputs/params.yaml"
 
 
 def _dvc_yaml() -> dict:
@@ -128,7 +131,12 @@ def test_stage_code_deps_are_exactly_the_modules_its_step_imports(stage):
     rel = lambda ps: sorted(str(p.relative_to(REPO)) for p in ps)  # noqa: E731
     assert not needed - declared, f"{stage}: add to deps: {rel(needed - declared)}"
     assert not declared - needed, f"{stage}: deps its step never imports: {rel(declared - needed)}"
-    assert "configs/${profile}.yaml" in spec["deps"] and "profile" in spec["params"]
+    if stage == "params":  # resolves params.yaml (every key) with the base and the overlay it names
+        assert {"configs/paper.yaml", "configs/${profile}.yaml"} <= set(spec["deps"])
+        assert spec["params"] == [{"params.yaml": None}] and spec["outs"] == [{RESOLVED: {"cache": False}}]
+    else:  # reads the resolved file only: the profile and overlays reach it through the params stage
+        assert spec["cmd"].endswith(f"--params {RESOLVED}") and not any("configs/" in d for d in spec["deps"])
+        assert [next(iter(p)) for p in spec["params"]] == [RESOLVED]
 
 
 #: keys a step's imported modules mention that the stage does not take from params.yaml
@@ -154,10 +162,10 @@ def _keys_read(files: set[Path]) -> set[str]:
     return found
 
 
-@pytest.mark.parametrize("stage", STAGES)
+@pytest.mark.parametrize("stage", STEPS)
 def test_stage_params_are_exactly_the_keys_its_step_reads(stage):
     spec = _dvc_yaml()[stage]
-    declared = {p for p in spec["params"] if isinstance(p, str)} - {"profile"}
+    declared = set(spec["params"][0][RESOLVED])
     skip = NOT_FROM_PARAMS.get(stage, {})
     files = _closure(_step_modules(spec["cmd"]))
     read = {k for k in _keys_read(files) if k not in skip and k.split(".")[0] not in skip}
@@ -187,10 +195,10 @@ SCHEDULE = [
 
 
 def _write_params(path: Path, **changes: object) -> None:
-    """params.yaml with every value written out and profile ``paper`` (an empty overlay).
+    """params.yaml with every value written out and profile ``paper`` (the base itself).
 
-    Written out rather than ``profile: tiny``: an overlay key beats params.yaml, so
-    ``dvc exp run -S train.lr=...`` would be silently shadowed by tiny.yaml's train.lr.
+    The tiny schedule as explicit edits (values that differ from the base win over any
+    profile); tests/dvc/test_dvc_exp_params.py runs `dvc exp run -S` under ``profile: quick``.
     """
     doc = load_config(PARAMS, "tiny", SCHEDULE).to_dict()
     doc["profile"] = "paper"
@@ -259,16 +267,19 @@ def test_a_param_change_reruns_only_the_stages_that_read_it(pipeline):
     _write_params(repo / "params.yaml", stats__workers=2)  # read by split and stats only
     out = dvc(repo, env, "repro").stdout
     # split reruns but writes the same lists, so train and evaluate stay as they are
-    assert _ran(out) == ["split", "stats"]
+    assert _ran(out) == ["params", "split", "stats"]
     assert (repo / "outputs/train/model.pt").stat().st_mtime_ns == model_mtime
 
-    # the profile overlay can change any key: editing it marks every stage changed
+    # an overlay reaches the steps only through the resolved file: editing one marks the
+    # params stage changed, and an edit that changes no value reruns nothing after it
     overlay = repo / "configs/paper.yaml"
     original = overlay.read_text()
     overlay.write_text(original + "# touched\n")
     status = json.loads(dvc(repo, env, "status", "--json").stdout)
-    assert sorted(status) == sorted(STAGES)
+    assert sorted(status) == ["params"]
+    assert _ran(dvc(repo, env, "repro").stdout) == ["params"]
     overlay.write_text(original)
+    dvc(repo, env, "repro")
     assert "up to date" in dvc(repo, env, "status").stdout
     commit(repo, env, "stats.workers 2")
 
@@ -278,10 +289,11 @@ def test_a_param_change_reruns_only_the_stages_that_read_it(pipeline):
 def test_exp_run_set_param_then_metrics_and_plots_diff(pipeline, tmp_path):
     repo, env, _ = pipeline
     out = dvc(repo, env, "exp", "run", "-S", "train.lr=0.05").stdout
-    assert _ran(out) == ["train", "evaluate"]
+    assert _ran(out) == ["params", "train", "evaluate"]
 
     params = json.loads(dvc(repo, env, "params", "diff", "--json").stdout)
     assert params["params.yaml"]["train.lr"]["new"] == 0.05
+    assert list(params[RESOLVED]) == ["train.lr"] and params[RESOLVED]["train.lr"]["new"] == 0.05
     diff = json.loads(dvc(repo, env, "metrics", "diff", "--json").stdout)
     miou = diff["outputs/eval/metrics.json"]["mIoU"]
     assert 0 <= miou["old"] <= 1 and 0 <= miou["new"] <= 1
