@@ -141,3 +141,14 @@ def test_params_show_says_where_each_value_comes_from(params_copy, capsys):
 
     assert main(["params", "show", "trian", *args]) == 2
     assert "no key or section 'trian'" in capsys.readouterr().err
+
+
+def test_outside_the_repository_the_params_beside_the_package_are_used(tmp_path, monkeypatch):
+    """An editable install run from another folder (`egnet params show` in /tmp) finds the
+    repository's params.yaml and configs/, not a missing ./params.yaml."""
+    from egnet.core.config import default_params_path
+
+    monkeypatch.chdir(tmp_path)
+    assert default_params_path().resolve() == (REPO / "params.yaml").resolve()
+    (tmp_path / "params.yaml").write_text("profile: paper\n")
+    assert default_params_path() == Path("params.yaml")

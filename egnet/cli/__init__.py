@@ -10,6 +10,7 @@ configuration error, one line on stderr.
 from __future__ import annotations
 
 import errno
+import os
 import sys
 from collections.abc import Sequence
 
@@ -33,6 +34,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("egnet: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `egnet ... | head`: the reader left; no traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except OSError as exc:
         if exc.errno not in _DISK_FULL:
             raise

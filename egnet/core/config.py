@@ -291,7 +291,7 @@ def default_params_path() -> Path:
     here = Path("params.yaml")
     if here.exists():
         return here
-    beside = Path(__file__).resolve().parents[1] / "params.yaml"
+    beside = Path(__file__).resolve().parents[2] / "params.yaml"  # egnet/core/config.py -> repo root
     return beside if beside.exists() else here
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 from egnet.core.config import Config, Resolved, leaves, resolve_params, write_resolved
@@ -45,10 +46,20 @@ def _word(resolved: Resolved, source: str) -> str:
     return f"profile {resolved.profile}" if source == "profile" else source
 
 
+def _rel(path: str) -> str:
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return path
+
+
 def _chain(resolved: Resolved) -> str:
     """``base configs/paper.yaml < profile configs/quick.yaml < params.yaml (...) < --set``."""
     steps = []
-    for word, path in resolved.files.items():
+    for word, full in resolved.files.items():
+        path = _rel(full)
+        if word == "profile" and path == resolved.files.get("base"):
+            continue  # the paper profile is the base itself
         if word in ("base", "profile"):
             steps.append(f"{word} {path}")
         elif word == "--set":

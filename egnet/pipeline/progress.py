@@ -321,7 +321,7 @@ def key_output(step: str, outputs: dict[str, Any], last: dict[str, str]) -> str:
     if step == "validate":
         m = _meta(outputs, "validated")
         bad = (m.get("num_pairs") or 0) - (m.get("num_good") or 0)
-        quarantined = f", {bad} quarantined" if bad else ""
+        quarantined = f", {_int(bad)} quarantined" if bad else ""
         return f"{_int(m.get('num_good'))}/{_int(m.get('num_pairs'))} pairs good{quarantined}"
     if step == "split":
         folder = _path(outputs, "split")
