@@ -58,6 +58,11 @@ def shown(path: Path) -> str:
         return str(path)
 
 
+def _open_log(path: Path) -> TextIO:
+    """Line-buffered, so `tail -f` follows a running step; closed by StepConsole.end/close."""
+    return open(path, "a", encoding="utf-8", buffering=1)  # noqa: SIM115
+
+
 class _Stream(io.TextIOBase):
     """Stands in for sys.stdout / sys.stderr while the pipeline runs: text goes to the console."""
 
@@ -156,13 +161,13 @@ class StepConsole:
         if self.run_dir is None:
             self.run_dir = run_dir
             self.logs.mkdir(parents=True, exist_ok=True)
-            self._all = open(self.logs / "pipeline.log", "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+            self._all = _open_log(self.logs / "pipeline.log")
             self._all.write("".join(f"{line}\n" for line in self._early))
             self._say(f"    step logs: {shown(self.logs)}/<step>.log"
                       + ("" if self.verbose else " (--verbose streams them here)"))
         self.step, self._tail, self._last = step, [], {}
         self._streaming = self._executor_input = False
-        self._log = open(self.logs / f"{step}.log", "a", encoding="utf-8")  # noqa: SIM115 - closed in end()
+        self._log = _open_log(self.logs / f"{step}.log")
         self._t0 = time.perf_counter()
         if self.verbose or not self.tty:
             return
