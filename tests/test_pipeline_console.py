@@ -87,6 +87,10 @@ def test_console_writes_logs_and_reads_the_steps_own_lines(tmp_path):
                           "    | StepFailed: `egnet promote ...` exited with 1",
                           f"    full log: {run_dir / 'logs' / 'promote.log'}"]
     assert "executor_input" not in out.getvalue() and "parameterValues" not in out.getvalue()
+    console.skipped(["promote2"], "gate refused: nothing to promote")          # a step dsl.If left out
+    last = out.getvalue().splitlines()[-1]
+    assert STEP_LINE.match(last).groups() == ("4", "3", "promote2", "skipped")
+    assert last.endswith("gate refused: nothing to promote")
 
     logs = run_dir / "logs"
     assert sorted(p.name for p in logs.iterdir()) == ["gate.log", "pipeline.log", "promote.log", "train.log"]

@@ -132,7 +132,7 @@ def local_summary(outputs: dict[str, Any], cfg: Config, data: Path, uri: str, wa
     ef1 = " ".join("  -  " if v is None else f"{v:.3f}" for v in metrics["EF1"])
     lines = [
         "", "=== summary ===",
-        f"data            {data}",
+        f"data            {shown(data)}",
         f"test mIoU       {metrics['mIoU']:.4f}",
         f"test mEF1       {metrics['mEF1']:.4f}",
         f"EF1 per bin     {ef1}",

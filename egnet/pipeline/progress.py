@@ -204,8 +204,8 @@ class StepConsole:
 
     def skipped(self, steps: list[str], why: str) -> None:
         for step in steps:
-            self.done.append(step)
             self._say(f"{self._prefix(step)} {'skipped':<6} {'':>7}  {why}".rstrip())
+            self.done.append(step)
 
     def step_log(self, step: str) -> Path:
         return self.logs / f"{step}.log" if self.logs else Path(f"{step}.log")

@@ -2,14 +2,17 @@
 
 Every step runs as a subprocess of this venv (SubprocessRunner(use_venv=False)), exactly
 the component code the cluster runs. Tiny on purpose: 12 synthetic scenes at 256x128 and
-10 training iterations of the tiny profile; the numbers are not the point, the wiring is: a registered model
-version in MLflow whose metrics match the evaluation, the gate's decision, and the KFP
-Metrics artifact carrying the same values as metrics.json.
+10 training iterations of the tiny profile; the numbers are not the point, the wiring is: a
+registered model version in MLflow whose metrics match the evaluation, the gate's decision,
+the KFP Metrics artifact carrying the same values as metrics.json, and what the user reads:
+one line per step, then the summary with the links to the run and the version; every
+step's full output in the run's logs/ folder, none of it on the console.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -90,10 +93,30 @@ def test_local_pipeline_registers_a_model_version(tmp_path, monkeypatch, capsys)
     assert "data:image/png;base64," in (run_dir / "evaluate" / "report").read_text()
     assert "data:image/png;base64," in (run_dir / "stats" / "report").read_text()
 
-    # the summary a user reads
+    # what a user reads: a line per step in the order they ran, then the summary, nothing else
+    lines = out.splitlines()
+    step_lines = [m.groups() for m in map(re.compile(r"^\[\s*(\d+)/11\] (\S+)\s+(\S+)").match, lines) if m]
+    assert [n for n, _, _ in step_lines] == [str(i) for i in range(1, 12)]
+    assert {s for _, s, _ in step_lines} == {"materialise", "validate", "split", "stats", "drift", "train",
+                                              "train-resources", "evaluate", "register", "gate", "promote"}
+    assert all(status == "ok" for _, _, status in step_lines), out
+    evaluate_line = next(line for line in lines if "] evaluate " in line)
+    assert evaluate_line.endswith(f"test mIoU {metrics['mIoU']:.4f}, mEF1 {metrics['mEF1']:.4f}")
+    assert lines.index("=== summary ===") > lines.index(next(line for line in lines if "] promote " in line))
+    assert len(lines) < 40 and "executor_input" not in out and " - INFO - " not in out
+    experiment = client.get_run(reg["run_id"]).info.experiment_id
     assert "model version   egnet-nightcity v1 (champion" in out
     assert f"test mIoU       {metrics['mIoU']:.4f}" in out
-    assert f"mlflow ui --backend-store-uri {uri}" in out
+    assert f"http://127.0.0.1:5000/#/experiments/{experiment}/runs/{reg['run_id']}" in out
+    assert "http://127.0.0.1:5000/#/models/egnet-nightcity/versions/1" in out
+    assert lines[-2:] == ["look            make ui, then open the links above",
+                          f"                (without make: mlflow ui --backend-store-uri {uri} --port 5000)"]
+    # ... and every step's full output is in its log, named in the summary
+    logs = run_dir / "logs"
+    assert f"step logs       {logs.relative_to(tmp_path)}/" in out
+    assert {p.stem for p in logs.glob("*.log")} == {s for _, s, _ in step_lines} | {"pipeline"}
+    assert "Got executor_input" in (logs / "train.log").read_text()
+    assert client.get_run(reg["run_id"]).data.tags["egnet_version"]
 
 
 def test_run_requires_local(capsys):
