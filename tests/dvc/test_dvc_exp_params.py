@@ -17,7 +17,8 @@ import shutil
 import pytest
 import yaml
 
-from tests._helpers_dvc import REPO, commit, dvc, init_repo, tool_env
+from tests.support import REPO
+from tests.support.dvc import commit, dvc, init_repo, tool_env
 
 #: explicit edits (each differs from the base): tiny data and a schedule of seconds
 TINY_EDITS = {
@@ -30,6 +31,7 @@ LR = 0.03
 
 
 @pytest.mark.slow
+@pytest.mark.dvc
 def test_exp_run_set_changes_the_lr_under_the_quick_profile(tmp_path):
     import mlflow
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from egnet.cli import main
+from tests.support import PARAMS
 
-REPO = Path(__file__).resolve().parents[1]
 RUN = "0123456789abcdef0123456789abcdef"
 MODEL = "models:/egnet-nightcity@champion"
 
@@ -46,7 +46,7 @@ def empty_here(tmp_path, monkeypatch) -> Path:
 def test_read_only_command_in_an_empty_folder_creates_nothing(name, empty_here, synth_root, capsys):
     image = next((synth_root / "NightCity-images").rglob("*.png"))
     argv = _commands(empty_here.parent, image, synth_root)[name]
-    code = main([*argv, "--params", str(REPO / "params.yaml")])
+    code = main([*argv, "--params", str(PARAMS)])
     err = capsys.readouterr().err.strip()
     assert code == 2, err
     assert list(empty_here.iterdir()) == []                    # no mlflow.db, no mlruns/, no mlartifacts/
@@ -58,7 +58,7 @@ def test_read_only_command_in_an_empty_folder_creates_nothing(name, empty_here, 
 
 def test_a_missing_file_store_is_not_created_either(empty_here, capsys):
     store = empty_here.parent / "mlruns"
-    assert main(["models", "--params", str(REPO / "params.yaml"), "--set", f"tracking.uri={store}"]) == 2
+    assert main(["models", "--params", str(PARAMS), "--set", f"tracking.uri={store}"]) == 2
     assert f"no MLflow file store at {store}" in capsys.readouterr().err
     assert not store.exists() and list(empty_here.iterdir()) == []
 
@@ -69,7 +69,7 @@ def test_drift_may_skip_when_there_is_no_store_yet(empty_here, synth_root, capsy
 
     out = empty_here.parent / "drift"
     assert main(["data", "drift", str(synth_root), "--reference", MODEL, "--out", str(out),
-                 "--allow-missing-reference", "--params", str(REPO / "params.yaml")]) == 0
+                 "--allow-missing-reference", "--params", str(PARAMS)]) == 0
     assert "drift: skipped, no reference" in capsys.readouterr().out
     assert json.loads((out / "drift.json").read_text())["status"] == "skipped"
     assert list(empty_here.iterdir()) == []

@@ -16,14 +16,13 @@ import yaml
 from egnet.cli import main
 from egnet.core.config import leaves, load_config, resolve_params
 from egnet.core.errors import ConfigError
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.support import PARAMS, REPO
 
 
 @pytest.fixture()
 def params_copy(tmp_path) -> Path:
     """A private copy of params.yaml + configs/ to edit."""
-    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
+    shutil.copy(PARAMS, tmp_path / "params.yaml")
     shutil.copytree(REPO / "configs", tmp_path / "configs")
     return tmp_path / "params.yaml"
 
@@ -39,7 +38,7 @@ def _write(path: Path, profile: str, **edits: object) -> None:
 
 def test_shipped_params_yaml_is_the_base_with_every_key():
     """params.yaml ships equal to configs/paper.yaml: a key added to one must go into the other."""
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params = yaml.safe_load(PARAMS.read_text())
     base = yaml.safe_load((REPO / "configs" / "paper.yaml").read_text())
     assert params.pop("profile") == "paper" and "profile" not in base
     p, b = leaves(params), leaves(base)
@@ -81,7 +80,7 @@ def test_floats_as_dvc_writes_them(params_copy):
     both are numbers here, in params.yaml and in --set (PyYAML alone reads ``1e-05`` as a string)."""
     params_copy.write_text(params_copy.read_text().replace("lr: 1.0e-5 ", "lr: 2e-05  "))
     assert load_config(params_copy).train.lr == 2e-5
-    assert load_config(REPO / "params.yaml", overrides=["train.lr=3e-5"]).train.lr == 3e-5
+    assert load_config(PARAMS, overrides=["train.lr=3e-5"]).train.lr == 3e-5
 
 
 def test_errors_name_the_file_the_value_came_from(params_copy):
@@ -149,6 +148,6 @@ def test_outside_the_repository_the_params_beside_the_package_are_used(tmp_path,
     from egnet.core.config import default_params_path
 
     monkeypatch.chdir(tmp_path)
-    assert default_params_path().resolve() == (REPO / "params.yaml").resolve()
+    assert default_params_path().resolve() == PARAMS.resolve()
     (tmp_path / "params.yaml").write_text("profile: paper\n")
     assert default_params_path() == Path("params.yaml")

@@ -6,19 +6,20 @@
 - A real local run that fails at validate (the data's size is not data.image_size): one line
   per step that ran, the failing step's error line and log path, nothing of kfp's own output,
   and a one-line error naming the step and its log.
-(tests/test_pipeline_local.py checks the console of a whole successful run.)
+(tests/pipeline/test_pipeline_local.py checks the console of a whole successful run.)
 """
 
 from __future__ import annotations
 
 import io
 import re
-from pathlib import Path
+
+import pytest
 
 from egnet.cli import main
 from egnet.pipeline.progress import StepConsole, duration, failure_tail, key_output
+from tests.support import PARAMS
 
-REPO = Path(__file__).resolve().parents[1]
 STEP_LINE = re.compile(r"^\[\s*(\d+)/(\d+)\] (\S+)\s+(ok|FAILED|skipped)\b")
 EXECUTOR = "[KFP Executor 2026-01-01 10:00:00,000 INFO]: "  # kfp's format of a component's logging
 
@@ -117,14 +118,15 @@ def test_key_outputs_and_helpers(tmp_path):
         ["a", "ValueError: y"]
 
 
+@pytest.mark.kfp
 def test_a_failing_local_run_names_the_step_its_error_and_its_log(tmp_path, monkeypatch, capsys):
-    from tests._helpers_data import make_dataset
+    from tests.support.data import make_dataset
 
     make_dataset(tmp_path / "data", 3, size=(64, 32))    # data.image_size below says 128x64: all pairs bad
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     code = main(["pipeline", "run", "--local", "--data", str(tmp_path / "data"),
-                 "--workdir", str(tmp_path / "w"), "--params", str(REPO / "params.yaml"),
+                 "--workdir", str(tmp_path / "w"), "--params", str(PARAMS),
                  "--set", "data.image_size=[128,64]"])
     captured = capsys.readouterr()
     assert code == 1, captured.out + captured.err

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import subprocess
 from importlib import metadata
-from pathlib import Path
 
 import pytest
 import torch
 
 from egnet.cli import main
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.support import PARAMS, REPO
 
 
 def _head() -> str:
@@ -38,7 +36,7 @@ def test_every_training_run_carries_the_version_tags(tmp_path, synth_root, split
     from egnet.tracking import runs
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    cfg = load_config(REPO / "params.yaml", "quick", [f"tracking.uri={uri}"])
+    cfg = load_config(PARAMS, "quick", [f"tracking.uri={uri}"])
     runs.connect_mlflow(cfg)
     run_id = runs.start_run(cfg, uri, None, runs.run_tags(cfg, synth_root, split_dir), system_metrics=False)
     runs.end_run()
