@@ -207,7 +207,7 @@ def run_local(args: argparse.Namespace) -> int:
         what = re.sub(r"\x1b\[[0-9;]*m", "", str(exc).splitlines()[0])   # kfp colours task names
         where = f"; logs: {shown(console.logs)}" if console.logs else ""
         raise DataError(f"local pipeline run failed: {what}{where}") from None
-    console.skipped([s for s in steps if s not in console.done], "gate refused: nothing to promote")
+    console.skipped([s for s in steps if s not in console.done])
     (run_dir,) = [d for d in root.iterdir() if d not in before and d.is_dir()]
     print(local_summary(local_outputs(run_dir), cfg, data, uri, time.perf_counter() - t0, console.logs))
     return 0

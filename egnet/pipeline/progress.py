@@ -81,6 +81,12 @@ class _Stream(io.TextIOBase):
         return "utf-8"
 
 
+#: why a conditional step did not run (the pipeline's dsl.If / dsl.Else branches)
+SKIPPED_WHY = {"promote": "gate refused: nothing to promote",
+               "evaluate-champion": "nothing to re-evaluate",
+               "champion-ready": "the champion was re-evaluated instead"}
+
+
 class StepConsole:
     """One line per step on ``out``; every step's output in ``<run folder>/logs/``."""
 
@@ -202,9 +208,11 @@ class StepConsole:
             self._say(f"    full log: {shown(self.step_log(step))}")
         self.step = None
 
-    def skipped(self, steps: list[str], why: str) -> None:
+    def skipped(self, steps: list[str], why: str | None = None) -> None:
+        """Steps a ``dsl.If``/``dsl.Else`` left out, each with ``why`` or its reason in SKIPPED_WHY."""
         for step in steps:
-            self._say(f"{self._prefix(step)} {'skipped':<6} {'':>7}  {why}".rstrip())
+            reason = why or SKIPPED_WHY.get(step, "its condition was false")
+            self._say(f"{self._prefix(step)} {'skipped':<6} {'':>7}  {reason}".rstrip())
             self.done.append(step)
 
     def step_log(self, step: str) -> Path:
@@ -223,7 +231,7 @@ class StepConsole:
 
     def _prefix(self, step: str) -> str:
         n = len(self.done) + 1
-        return f"[{n:>2}/{self.total}] {step:<16}"
+        return f"[{n:>2}/{self.total}] {step:<17}"
 
     def _say(self, text: str, replace: bool = False) -> None:
         if replace and self.tty and not self.verbose:
@@ -312,6 +320,8 @@ def _int(v: Any) -> str:
 
 def _gate_row(line: str) -> str:
     """A FAIL row of the gate table (check, champion, candidate, delta, rule, FAIL) in a few words."""
+    if line.strip().startswith("rule "):            # "rule <what it checks>: FAIL"
+        return line.strip().removeprefix("rule ").removesuffix(": FAIL")
     cells = re.split(r"\s{2,}", line.strip())
     if len(cells) == 6:
         return f"{cells[0]} {cells[3]}, needs {cells[4]}"
@@ -320,6 +330,11 @@ def _gate_row(line: str) -> str:
 
 def key_output(step: str, outputs: dict[str, Any], last: dict[str, str]) -> str:
     """The few words that say what ``step`` produced, from its KFP outputs (and log lines)."""
+    if step == "resolve-data":
+        commit = outputs.get("commit")
+        if commit:
+            return f"data at commit {str(commit)[:12]}"
+        return f"data path, key {outputs.get('data_key', '?')}"
     if step == "materialise":
         m = _meta(outputs, "data")
         return f"{m.get('data_version', '?')} at {shown(Path(m.get('root', '?')))}"
@@ -361,10 +376,17 @@ def key_output(step: str, outputs: dict[str, Any], last: dict[str, str]) -> str:
     if step == "register":
         m = _meta(outputs, "registration")
         return f"{m.get('name')} v{_int(m.get('version'))} (alias challenger)"
+    if step == "champion-check":
+        return {"ready": "champion's evidence covers these test images",
+                "reevaluate": "the champion was tested on other data: re-evaluate it"}.get(
+                    str(outputs.get("Output")), str(outputs.get("Output", "")))
+    if step == "evaluate-champion":
+        run = str(outputs.get("Output", "?"))[:12]
+        return f"champion evaluated on this run's test data, MLflow run {run}"
     if step == "gate":
         if outputs.get("Output") == "promote":
             return "passed: promote the challenger"
         return "refused: champion kept" + (f" ({last['fail']})" if last.get("fail") else "")
-    if step == "promote":
+    if step in ("promote", "finalize", "champion-ready"):
         return last.get("line", "")
     return ""

@@ -17,7 +17,7 @@ import re
 import pytest
 
 from egnet.cli import main
-from egnet.pipeline.progress import StepConsole, duration, failure_tail, key_output
+from egnet.pipeline.progress import StepConsole, _gate_row, duration, failure_tail, key_output
 from tests.support import PARAMS
 
 STEP_LINE = re.compile(r"^\[\s*(\d+)/(\d+)\] (\S+)\s+(ok|FAILED|skipped)\b")
@@ -92,6 +92,10 @@ def test_console_writes_logs_and_reads_the_steps_own_lines(tmp_path):
     last = out.getvalue().splitlines()[-1]
     assert STEP_LINE.match(last).groups() == ("4", "3", "promote2", "skipped")
     assert last.endswith("gate refused: nothing to promote")
+    console.skipped(["evaluate-champion"])                  # the If branch the champion check left out
+    last = out.getvalue().splitlines()[-1]
+    assert STEP_LINE.match(last).groups()[2:] == ("evaluate-champion", "skipped")
+    assert last.endswith("  nothing to re-evaluate")
 
     logs = run_dir / "logs"
     assert sorted(p.name for p in logs.iterdir()) == ["gate.log", "pipeline.log", "promote.log", "train.log"]
@@ -113,6 +117,12 @@ def test_key_outputs_and_helpers(tmp_path):
     assert key_output("register", {"registration": Art(name="m", version=3.0)}, {}) == \
         "m v3 (alias challenger)"
     assert key_output("gate", {"Output": "promote"}, {}) == "passed: promote the challenger"
+    assert key_output("champion-check", {"Output": "ready"}, {}) == \
+        "champion's evidence covers these test images"
+    assert key_output("resolve-data", {"commit": "0123456789abcdef0123", "data_key": "git:x"}, {}) == \
+        "data at commit 0123456789ab"
+    assert _gate_row("rule mIoU: lower bound -0.0123 > +0.0000: FAIL") == \
+        "mIoU: lower bound -0.0123 > +0.0000"
     assert [duration(s) for s in (0.04, 59.94, 61, 3725)] == ["0.0s", "59.9s", "1m01s", "1h02m"]
     assert failure_tail(["a", "Traceback (most recent call last):", "  File x", "ValueError: y"]) == \
         ["a", "ValueError: y"]
