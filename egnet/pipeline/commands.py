@@ -188,6 +188,9 @@ def run_local(args: argparse.Namespace) -> int:
     # the components name the cluster image; here they run in this venv, which has egnet
     warnings.filterwarnings("ignore", message="You may be attemping to run a task that uses custom",
                             category=RuntimeWarning)
+    # the cluster settings (resources, GPUs) that kfp.local ignores: one warning per step
+    warnings.filterwarnings("ignore", message=r"Task '.*': settings \[.*\] have no effect",
+                            category=UserWarning)
     root = work / "kfp"
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
     print(f"==> pipeline {cfg.pipeline.name} with kfp.local (profile {profile}, MLflow {uri})", flush=True)

@@ -129,7 +129,7 @@ def test_key_outputs_and_helpers(tmp_path):
 
 
 @pytest.mark.kfp
-def test_a_failing_local_run_names_the_step_its_error_and_its_log(tmp_path, monkeypatch, capsys):
+def test_a_failing_local_run_names_the_step_its_error_and_its_log(tmp_path, monkeypatch, capsys, recwarn):
     from tests.support.data import make_dataset
 
     make_dataset(tmp_path / "data", 3, size=(64, 32))    # data.image_size below says 128x64: all pairs bad
@@ -143,8 +143,9 @@ def test_a_failing_local_run_names_the_step_its_error_and_its_log(tmp_path, monk
     lines = captured.out.splitlines()
     steps = [STEP_LINE.match(line).groups()[2:] for line in lines if STEP_LINE.match(line)]
     # kfp.local still runs what does not depend on validate (train-resources), nothing after it
-    assert steps[:2] == [("materialise", "ok"), ("validate", "FAILED")]
-    assert {s for s, _ in steps[2:]} <= {"train-resources"}
+    # but the exit handler (finalize)
+    assert steps[:3] == [("resolve-data", "ok"), ("materialise", "ok"), ("validate", "FAILED")]
+    assert {s for s, _ in steps[3:]} <= {"train-resources", "finalize"}
     (log,) = (tmp_path / "w" / "kfp").glob("*/logs/validate.log")
     tail = lines[lines.index(next(line for line in lines if "FAILED" in line)) + 1:]
     assert "min_good_pairs" in next(line for line in tail if line.startswith("    | egnet: error:"))
@@ -153,3 +154,4 @@ def test_a_failing_local_run_names_the_step_its_error_and_its_log(tmp_path, monk
     assert captured.err.strip() == (f"egnet: error: local pipeline run failed at step validate; "
                                     f"its log: {log.relative_to(tmp_path)}")
     assert "executor_input" not in captured.out and " - INFO - " not in captured.out
+    assert not [w for w in recwarn if "have no effect" in str(w.message)]   # kfp.local's per-step noise
