@@ -95,11 +95,15 @@ def test_local_pipeline_registers_a_model_version(tmp_path, monkeypatch, capsys)
 
     # what a user reads: a line per step in the order they ran, then the summary, nothing else
     lines = out.splitlines()
-    step_lines = [m.groups() for m in map(re.compile(r"^\[\s*(\d+)/11\] (\S+)\s+(\S+)").match, lines) if m]
-    assert [n for n, _, _ in step_lines] == [str(i) for i in range(1, 12)]
-    assert {s for _, s, _ in step_lines} == {"materialise", "validate", "split", "stats", "drift", "train",
-                                              "train-resources", "evaluate", "register", "gate", "promote"}
-    assert all(status == "ok" for _, _, status in step_lines), out
+    step_lines = [m.groups() for m in map(re.compile(r"^\[\s*(\d+)/16\] (\S+)\s+(\S+)").match, lines) if m]
+    assert [n for n, _, _ in step_lines] == [str(i) for i in range(1, 17)]
+    status = {s: st for _, s, st in step_lines}
+    assert set(status) == {"resolve-data", "materialise", "validate", "split", "stats", "drift", "train",
+                           "train-resources", "evaluate", "register", "champion-check", "evaluate-champion",
+                           "champion-ready", "gate", "promote", "finalize"}
+    # no champion yet: nothing to re-evaluate, the dsl.Else branch ran
+    assert status.pop("evaluate-champion") == "skipped", out
+    assert set(status.values()) == {"ok"}, out
     evaluate_line = next(line for line in lines if "] evaluate " in line)
     assert evaluate_line.endswith(f"test mIoU {metrics['mIoU']:.4f}, mEF1 {metrics['mEF1']:.4f}")
     assert lines.index("=== summary ===") > lines.index(next(line for line in lines if "] promote " in line))
@@ -114,7 +118,7 @@ def test_local_pipeline_registers_a_model_version(tmp_path, monkeypatch, capsys)
     # ... and every step's full output is in its log, named in the summary
     logs = run_dir / "logs"
     assert f"step logs       {logs.relative_to(tmp_path)}/" in out
-    assert {p.stem for p in logs.glob("*.log")} == {s for _, s, _ in step_lines} | {"pipeline"}
+    assert {p.stem for p in logs.glob("*.log")} == set(status) | {"pipeline"}
     assert "Got executor_input" in (logs / "train.log").read_text()
     assert client.get_run(reg["run_id"]).data.tags["egnet_version"]
 
