@@ -103,6 +103,11 @@ def promote(args, cfg) -> int:
     return promote_main(args, cfg)
 
 
+def registry_grant(args, cfg) -> int:
+    from egnet.registry.grants import grant_main
+    return grant_main(args, cfg)
+
+
 def models(args, cfg) -> int:
     from egnet.registry.versions import models_main
     return models_main(args, cfg)

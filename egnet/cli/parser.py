@@ -210,7 +210,7 @@ def _model_commands(sub) -> None:
 
 
 def _registry_commands(sub) -> None:
-    """`egnet register | promote | models | compare | predict | report`."""
+    """`egnet register | promote | registry grant | models | compare | predict | report`."""
     # --- registry --------------------------------------------------------
     p = _add(sub, "register", h.register,
              "log the trained model to its MLflow run and register a version (alias: challenger)")
@@ -238,6 +238,22 @@ def _registry_commands(sub) -> None:
                    help="show the decision as a Markdown table, move no alias (a re-evaluation with "
                         "--data is still logged: it is evidence)")
     p.add_argument("--force", action="store_true", help="promote even if the gate refuses")
+
+    reg = sub.add_parser("registry", help="MLflow registry administration: users and permissions",
+                         description="Administration of the MLflow server's basic-auth users "
+                                     "(docs/registry.md, \"Who may do what\").")
+    rsub = reg.add_subparsers(dest="registry_command", metavar="ACTION", required=True)
+    p = _add(rsub, "grant", h.registry_grant,
+             "create the MLflow users of a folder and give each its role's permissions (idempotent)",
+             "Run with the MLflow admin's login (MLFLOW_TRACKING_USERNAME/_PASSWORD). DIR holds one\n"
+             "file per user, named <role>.<username>, with the password (12+ characters); roles:\n"
+             "reviewer (READ on the experiment and the registered model), pipeline (EDIT on both),\n"
+             "ops (MANAGE on the registered model, READ on the experiment). Makes the experiment and\n"
+             "the registered model exist first. Re-running sets passwords and levels again.")
+    p.add_argument("--users", type=Path, required=True, metavar="DIR",
+                   help="folder of <role>.<username> password files (k8s: the Secret egnet-mlflow-users)")
+    p.add_argument("--name", default=None, help="registered model name (default: register.model_name)")
+    p.add_argument("--experiment", default=None, help="experiment name (default: tracking.experiment)")
 
     p = _add(sub, "models", h.models,
              "list registered versions with aliases, key metrics and data version")

@@ -33,7 +33,8 @@ from torch import nn
 
 from egnet.core.config import Config
 from egnet.core.errors import ConfigError, DataError
-from egnet.tracking.client import mlflow_errors
+from egnet.tracking.access import is_denied
+from egnet.tracking.client import mlflow_error, mlflow_errors
 from egnet.tracking.registered import checkpoint_artifact_uri, parse_models_uri, registered_version
 from egnet.tracking.runs import connect_mlflow
 from egnet.training.checkpoint import RUN_ID_FILE, load_model
@@ -117,6 +118,8 @@ def _load_registered(uri: str, cfg: Config) -> tuple[nn.Module, Config, ModelSou
         try:
             local = mlflow.artifacts.download_artifacts(artifact_uri=art, dst_path=tmp, tracking_uri=tracking)
         except (MlflowException, OSError) as exc:
+            if is_denied(exc):
+                raise mlflow_error(f"--model {uri}", exc) from None
             raise DataError(
                 f"--model {uri}: version {mv.version} has no egnet checkpoint ({art}): "
                 f"{str(exc).splitlines()[0][:200]}; was it registered with `egnet register`?"

@@ -51,6 +51,8 @@ from egnet.data.labels import CLASS_NAMES, NUM_CLASSES
 from egnet.evaluation.per_image import PER_IMAGE_COUNTS_FILE, PerImageCounts, read_per_image
 from egnet.evaluation.worst import PER_IMAGE_FILE
 from egnet.metrics.bootstrap import paired_bootstrap
+from egnet.tracking.access import is_denied
+from egnet.tracking.client import mlflow_error
 
 #: the paper's EGNet numbers on NightCity (Table 1, "N" columns)
 PAPER = {"mIoU": paper.EGNET_MIOU, "mEF1": paper.EGNET_MEF1}
@@ -89,6 +91,8 @@ def load_run(client: Any, run_id: str, dst: Path) -> RunData:
     try:
         run = client.get_run(run_id)
     except MlflowException as exc:
+        if is_denied(exc):
+            raise mlflow_error(f"MLflow run {run_id}", exc) from None
         raise DataError(f"MLflow run {run_id}: {exc.error_code}") from None
     names = {f.path for f in client.list_artifacts(run_id, EVAL_DIR)}
     if f"{EVAL_DIR}/metrics.json" not in names:

@@ -17,7 +17,8 @@ from egnet.core.errors import DataError
 from egnet.core.text import fmt, render_markdown, render_table
 from egnet.data.exposure import BIN_NAMES, NUM_BINS
 from egnet.data.labels import CLASS_NAMES
-from egnet.tracking.client import client_for, mlflow_errors
+from egnet.tracking.access import is_denied
+from egnet.tracking.client import client_for, mlflow_error, mlflow_errors
 from egnet.tracking.runs import LINEAGE_TAGS
 
 
@@ -75,6 +76,8 @@ def compare(client: Any, run_ids: list[str], fmt: str = "table") -> str:
         try:
             runs.append(client.get_run(rid))
         except MlflowException as exc:
+            if is_denied(exc):
+                raise mlflow_error(f"MLflow run {rid}", exc) from None
             raise DataError(f"MLflow run {rid}: {str(exc).splitlines()[0][:200]}") from None
     tables = compare_tables(runs)
     render = render_markdown if fmt == "markdown" else render_table

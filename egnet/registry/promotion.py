@@ -25,6 +25,14 @@ to detect (and repair) a concurrent writer. The registry lock (``register.lock_u
 the whole decision and move, so with it every decision is made against the champion it
 replaces; without one two racing commands can still lose one promotion from the history
 (never break the invariant for long: see docs/registry.md, "Racing").
+
+MLflow permissions (docs/registry.md, "Who may do what"): setting an alias needs EDIT on the
+registered model, deleting one MANAGE. A promotion of a new challenger only *sets* aliases
+(``challenger`` stays on the promoted version: champion == challenger means "decided"), so the
+pipeline's gate works with EDIT. Deleting aliases is left to what ops do with MANAGE: a
+rollback (previous-champion becomes champion, so it is dropped first, and a ``challenger``
+left on the demoted version is removed so a plain ``egnet promote`` cannot bring it back), and
+promoting the version that is previous-champion.
 """
 
 from __future__ import annotations
@@ -46,6 +54,7 @@ from egnet.metrics.bootstrap import BootstrapResult, Interval, paired_bootstrap
 from egnet.registry.like_with_like import Evidence, NotComparable, challenger_evidence, champion_evidence
 from egnet.registry.locking import NO_LOCK, LockSpec, lock_spec, registry_lock
 from egnet.registry.versions import aliases_of, version_metrics
+from egnet.tracking.access import is_denied
 from egnet.tracking.client import client_for, mlflow_errors
 from egnet.tracking.registered import CHALLENGER, CHAMPION, PREVIOUS
 
@@ -199,12 +208,12 @@ def move_champion(client: Any, name: str, new: str, expect_champion: str | None)
     if old == new:
         return old
     if now.get(PREVIOUS) == new:               # new is about to be champion: it cannot stay previous
-        client.delete_registered_model_alias(name, PREVIOUS)
+        client.delete_registered_model_alias(name, PREVIOUS)   # (MANAGE: rollbacks, ops' promotions)
     client.set_registered_model_alias(name, CHAMPION, new)
     if old is not None:
         client.set_registered_model_alias(name, PREVIOUS, old)
-    if now.get(CHALLENGER) == new:             # decided: no longer a pending challenger
-        client.delete_registered_model_alias(name, CHALLENGER)
+    # `challenger` stays where it is: on the new champion it reads "decided", and removing it
+    # would need MANAGE, which the pipeline's gate (EDIT) does not have
     after = aliases_of(client, name)
     if after.get(CHAMPION) is not None and after.get(CHAMPION) == after.get(PREVIOUS):
         client.delete_registered_model_alias(name, PREVIOUS)   # repair: never leave them equal
@@ -283,7 +292,9 @@ def _promote(client: Any, name: str, cfg: Config, version: str | None, dry_run: 
 
     try:
         cand = client.get_model_version(name, cand_v)
-    except MlflowException:
+    except MlflowException as exc:
+        if is_denied(exc):
+            raise
         raise ConfigError(f"{name}: version {cand_v} does not exist") from None
     champ_v = aliases.get(CHAMPION)
     if champ_v == cand_v:
@@ -376,6 +387,9 @@ def _rollback(client: Any, name: str, dry_run: bool) -> int:
     decision = {"action": "rollback", "candidate": prev, "champion_before": champ,
                 "by": _who(), "at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     _move_and_record(client, name, prev, champ, decision, "rolled back")
+    if champ is not None and aliases.get(CHALLENGER) == champ:
+        # the rolled-back version must not come back through a plain `egnet promote`
+        client.delete_registered_model_alias(name, CHALLENGER)
     print(f"{name} v{prev} is champion again{after}")
     return 0
 

@@ -7,7 +7,8 @@ from collections.abc import Iterator
 from typing import Any
 
 from egnet.core.config import Config
-from egnet.core.errors import DataError
+from egnet.core.errors import ConfigError, DataError, EgnetError
+from egnet.tracking.access import denial
 from egnet.tracking.runs import connect_mlflow
 
 
@@ -24,19 +25,25 @@ def client_for(cfg: Config, read_only: bool = False) -> Any:
     return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
-def mlflow_error(what: str, exc: Exception) -> DataError:
-    """``what: <first line of the error>`` as a DataError (exit 1)."""
+def mlflow_error(what: str, exc: BaseException) -> EgnetError:
+    """``what: <first line of the error>`` as a DataError (exit 1); a 401/403 of the server as a
+    ConfigError (exit 2) naming the user and the permission that is missing (egnet.tracking.access)."""
+    refused = denial(exc)
+    if refused is not None:
+        return ConfigError(f"{what}: {refused}")
     return DataError(f"{what}: {str(exc).splitlines()[0][:200]}")
 
 
 @contextlib.contextmanager
 def mlflow_errors(what: str) -> Iterator[None]:
-    """Turn an MLflow or transport failure into one line (DataError, exit 1), not a traceback."""
+    """Turn an MLflow or transport failure into one line (DataError, exit 1; a refused login or
+    permission: ConfigError, exit 2), not a traceback."""
     from mlflow.exceptions import MlflowException
 
     try:
         yield
-    except MlflowException as exc:
-        raise mlflow_error(f"{what}: MLflow", exc) from None
-    except OSError as exc:  # requests' connection errors are OSErrors too
-        raise mlflow_error(f"{what}: {type(exc).__name__}", exc) from None
+    except (MlflowException, OSError) as exc:  # requests' connection and HTTP errors are OSErrors
+        if denial(exc) is not None:
+            raise mlflow_error(what, exc) from None
+        label = "MLflow" if isinstance(exc, MlflowException) else type(exc).__name__
+        raise mlflow_error(f"{what}: {label}", exc) from None

@@ -17,6 +17,7 @@ from egnet.core.config import Config
 from egnet.core.errors import ConfigError, DataError
 from egnet.core.files import read_json
 from egnet.data.drift import Reference, reference_file
+from egnet.tracking.access import denial, is_denied
 from egnet.tracking.registered import parse_models_uri
 from egnet.tracking.runs import DATA_STATS_ARTIFACT, TrackingStoreMissing, connect_mlflow
 
@@ -42,6 +43,8 @@ def _registry_run(client: Any, spec: str) -> tuple[str, dict[str, Any]]:
         mv = (client.get_model_version_by_alias(name, alias) if alias
               else client.get_model_version(name, version))
     except MlflowException as exc:
+        if is_denied(exc):  # not "no reference": --allow-missing-reference must not skip it
+            raise ConfigError(f"--reference {spec}: {denial(exc)}") from None
         what = f"alias '{alias}'" if alias else f"version {version}"
         raise ReferenceMissing(f"--reference {spec}: registered model '{name}' has no {what} "
                                f"({exc.error_code})") from None
@@ -58,6 +61,8 @@ def _run_stats(client: Any, run_id: str, spec: str, dst: Path) -> tuple[Path, st
     try:
         run = client.get_run(run_id)
     except MlflowException as exc:
+        if is_denied(exc):
+            raise ConfigError(f"--reference {spec}: {denial(exc)}") from None
         raise DataError(f"--reference {spec}: MLflow run {run_id}: {exc.error_code}") from None
     for artifact in REFERENCE_ARTIFACTS:
         folder, _, fname = artifact.rpartition("/")

@@ -30,6 +30,7 @@ from egnet.core.config import Config
 from egnet.core.errors import ConfigError
 from egnet.core.version import git_commit, version_tags
 from egnet.data.versioning import data_version, read_marker
+from egnet.tracking.access import denial
 
 log = logging.getLogger(__name__)
 
@@ -350,14 +351,16 @@ def start_run(cfg: Config, uri: str, run_id: str | None, tags: Mapping[str, str]
         if run_id:
             try:
                 mlflow.MlflowClient(uri).get_run(run_id)
-            except MlflowException:
+            except MlflowException as exc:
+                if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+                    raise
                 log.warning("MLflow run %s not found at %s; starting a new run", run_id, uri)
                 run_id = None
         run = mlflow.start_run(run_id=run_id, experiment_id=exp.experiment_id if not run_id else None,
                                log_system_metrics=system_metrics)
         mlflow.set_tags(dict(tags))
     except MlflowException as exc:
-        raise ConfigError(f"MLflow {uri}: {str(exc).splitlines()[0][:300]}") from None
+        raise ConfigError(f"MLflow {uri}: {denial(exc) or str(exc).splitlines()[0][:300]}") from None
     return run.info.run_id
 
 

@@ -162,7 +162,9 @@ def test_register_twice_gives_the_same_version(world, capsys) -> None:
 @BOTH
 def test_first_promotion_makes_a_champion(world) -> None:
     assert main(["promote", "--name", world.name, *world.args()]) == 0
-    assert world.aliases() == {CHAMPION: "1"}  # challenger decided, no previous champion yet
+    # no previous champion yet; `challenger` stays on the decided version (moving aliases needs EDIT,
+    # removing one MANAGE: the pipeline's gate only sets them)
+    assert world.aliases() == {CHAMPION: "1", CHALLENGER: "1"}
     d = _decision(world, "1")
     assert d["outcome"] == "promoted" and d["passed"] and d["champion_before"] is None
     assert d["by"] == getpass.getuser() and datetime.fromisoformat(d["at"]).tzinfo is not None
@@ -185,7 +187,7 @@ def test_better_challenger_is_promoted_and_old_champion_kept(world, capsys) -> N
     assert main(["promote", "--name", world.name, *gate_args]) == 0
     out = capsys.readouterr().out
     assert f"{good['mIoU']:.4f}" in out and f"{bad['mIoU']:.4f}" in out
-    assert world.aliases() == {CHAMPION: "2", PREVIOUS: "1"}
+    assert world.aliases() == {CHAMPION: "2", PREVIOUS: "1", CHALLENGER: "2"}
     d = _decision(world, "2")
     assert d["champion_before"] == "1" and d["candidate_metrics"]["mIoU"] == good["mIoU"]
     assert d["champion_metrics"]["mIoU"] == bad["mIoU"]

@@ -95,6 +95,7 @@ class MlflowServer:
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen | None = None
     backend_uri: str | None = None   # None: a sqlite file in ``root``
+    app_name: str | None = None      # e.g. "basic-auth" (then ``env`` holds its admin and ini path)
 
     @property
     def uri(self) -> str:
@@ -115,7 +116,8 @@ class MlflowServer:
         self.proc = subprocess.Popen(
             [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(self.port),
              "--backend-store-uri", self.backend_store_uri,
-             "--artifacts-destination", self.artifacts_destination, "--workers", "1"],
+             "--artifacts-destination", self.artifacts_destination, "--workers", "1",
+             *(["--app-name", self.app_name] if self.app_name else [])],
             # no GenAI job runner (huey consumers): egnet uses none, and they cost ~1 GB per server
             stdout=log, stderr=subprocess.STDOUT,
             env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **self.env},
