@@ -78,6 +78,18 @@ def train(args, cfg) -> int:
     return main(args, cfg)
 
 
+def weights_fetch(args, cfg) -> int:
+    """`egnet weights fetch [--arch A] [--dir D]`."""
+    from egnet.models import backbone
+    from egnet.models.baselines import BASELINES
+
+    arch = args.arch or ("resnet101" if cfg.model.variant in BASELINES else cfg.model.backbone)
+    path, downloaded = backbone.fetch_imagenet(arch, args.dir)
+    print(f"{arch}: {path} ({'downloaded' if downloaded else 'already there'}, sha256 "
+          f"{backbone.IMAGENET_WEIGHTS[arch][1][:12]}... checked)")
+    return 0
+
+
 def evaluate(args, cfg) -> int:
     from egnet.evaluation.evaluate import main
     return main(args, cfg)

@@ -173,7 +173,7 @@ def _data_commands(sub) -> None:
 
 
 def _model_commands(sub) -> None:
-    """`egnet score | train | evaluate`."""
+    """`egnet score | train | weights fetch | evaluate`."""
     # --- scoring ---------------------------------------------------------
     p = _add(sub, "score", h.score,
              "score prediction PNGs from any tool with mIoU and the exposure-aware EF1/mEF1",
@@ -200,6 +200,21 @@ def _model_commands(sub) -> None:
                    help="`egnet data stats` output: its stats.json is logged to the run (drift reference)")
     p.add_argument("--quarantine", type=Path, default=None,
                    help="stems to skip (default: DATA/quarantine.txt)")
+
+    weights = sub.add_parser("weights", help="ImageNet backbone weights: fetch them ahead of time",
+                             description="Training never downloads weights: model.backbone_weights = "
+                                         "imagenet reads $TORCH_HOME/hub/checkpoints/ (docs/models.md).")
+    wsub = weights.add_subparsers(dest="weights_command", metavar="ACTION", required=True)
+    p = _add(wsub, "fetch", h.weights_fetch,
+             "download torchvision's ImageNet weights of the configured backbone, sha256-checked",
+             "Downloads the weights `model.backbone_weights: imagenet` reads (the model.backbone of the\n"
+             "config; resnet101 for the torchvision baselines) into $TORCH_HOME/hub/checkpoints/ (or\n"
+             "--dir), checked against the sha256 pinned in egnet/models/backbone.py. The CUDA image\n"
+             "runs it at build time; a file already there with the right sha256 is kept.")
+    p.add_argument("--arch", default=None, choices=["resnet18", "resnet34", "resnet50", "resnet101"],
+                   help="backbone (default: the config's)")
+    p.add_argument("--dir", type=Path, default=None,
+                   help="folder to put the file in (default: $TORCH_HOME/hub/checkpoints)")
 
     p = _add(sub, "evaluate", h.evaluate,
              "evaluate a checkpoint or registered model on the test split (mIoU, EF1, mEF1)")

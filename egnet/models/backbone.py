@@ -1,5 +1,11 @@
 """torchvision ResNets at a chosen output stride, with weights from none / ImageNet / a local file.
 
+ImageNet weights are never downloaded at run time (an air-gapped cluster must train too):
+``imagenet`` reads torchvision's weight file from ``$TORCH_HOME/hub/checkpoints/`` (the CUDA
+image carries it there, docker/Dockerfile), and :func:`fetch_imagenet` (`egnet weights
+fetch`) is the one place that downloads it, checked against the sha256 pinned in
+:data:`IMAGENET_WEIGHTS`.
+
 We compose torchvision's ResNet and never rewrite it. Bottleneck nets (resnet50/101)
 dilate through torchvision's own ``replace_stride_with_dilation``. torchvision's
 BasicBlock (resnet18/34) refuses dilation, so for those we build the ordinary
@@ -13,15 +19,21 @@ pretrained weights load the same before or after the conversion.
 
 from __future__ import annotations
 
+import hashlib
+import os
+import tempfile
+import urllib.error
+import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 import torchvision
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
-from egnet.core.errors import ConfigError
+from egnet.core.errors import ConfigError, DataError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -34,6 +46,16 @@ DILATION_PLAN: dict[int, tuple[bool, bool, bool]] = {
 }
 
 _ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101")
+
+#: torchvision's default ImageNet weights per depth (resnet18/34: IMAGENET1K_V1, resnet50/101:
+#: IMAGENET1K_V2): file name (its 8-hex prefix is torchvision's hash check) and the full sha256
+IMAGENET_WEIGHTS: dict[str, tuple[str, str]] = {
+    "resnet18": ("resnet18-f37072fd.pth", "f37072fd47e89c5e827621c5baffa7500819f7896bbacec160b1a16c560e07ec"),
+    "resnet34": ("resnet34-b627a593.pth", "b627a593bcbe140c234610266fe4f8ae95ea42fc881d091c9b6052e6b1d0590f"),
+    "resnet50": ("resnet50-11ad3fa6.pth", "11ad3fa62ca79e40addfd354a8ec4b7c75143b3038b8d2a807fbc68deab379ca"),
+    "resnet101": ("resnet101-cd907fc2.pth",
+                  "cd907fc2a0de2292b2ba2b27d2216bc672d84632d1cf20058d01c0c03b5e020e"),
+}
 
 
 class ImageNetNormalize(nn.Module):
@@ -92,37 +114,93 @@ def block_type(net: nn.Module) -> type[nn.Module]:
     return BasicBlock if isinstance(first, BasicBlock) else Bottleneck
 
 
+def imagenet_weights(arch: str) -> Any:
+    """torchvision's default ImageNet ``Weights`` enum member for ``arch``."""
+    return getattr(torchvision.models, f"ResNet{arch.removeprefix('resnet')}_Weights").DEFAULT
+
+
+def imagenet_file(arch: str) -> Path:
+    """Where ``imagenet`` weights of ``arch`` are read from: ``$TORCH_HOME/hub/checkpoints/<file>``."""
+    if arch not in IMAGENET_WEIGHTS:
+        raise ConfigError(f"model.backbone = {arch!r}: expected one of {', '.join(_ARCHS)}")
+    return Path(torch.hub.get_dir()) / "checkpoints" / IMAGENET_WEIGHTS[arch][0]
+
+
 def imagenet_state_dict(arch: str) -> dict[str, torch.Tensor]:
-    """torchvision's default ImageNet weights for ``arch`` (from the torch hub cache or downloaded).
+    """The ImageNet weights of ``arch`` from the local file :func:`imagenet_file`; never downloads.
 
-    resnet18/34: IMAGENET1K_V1 (the only set); resnet50/101: IMAGENET1K_V2.
+    A missing file is a ConfigError naming the param and the path (fetch it at image build with
+    `egnet weights fetch`, or point ``model.backbone_weights`` at a state_dict file, e.g. on the
+    dataset PVC).
     """
-    weights = getattr(torchvision.models, f"ResNet{arch.removeprefix('resnet')}_Weights").DEFAULT
-    try:
-        return weights.get_state_dict(progress=False, check_hash=True)
-    except (OSError, RuntimeError) as exc:  # URLError is an OSError; a bad hash is a RuntimeError
+    path = imagenet_file(arch)
+    if not path.is_file():
         raise ConfigError(
-            f"model.backbone_weights = imagenet: could not fetch {weights} for {arch} "
-            f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
-            "set it to a local state_dict file or 'none'"
-        ) from None
+            f"model.backbone_weights = imagenet: {path} not found (the ImageNet weights of {arch}; "
+            "nothing is downloaded at run time): `egnet weights fetch` puts them there (the CUDA image "
+            "has them), or set model.backbone_weights to a state_dict file, e.g. on the dataset PVC"
+        )
+    return read_state_dict_file(path, "model.backbone_weights = imagenet")
 
 
-def read_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
-    """A torchvision-format state_dict from ``path`` (torch.load, weights_only); ConfigError if not one."""
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def fetch_imagenet(arch: str, folder: Path | None = None, url: str | None = None) -> tuple[Path, bool]:
+    """Download the ImageNet weights of ``arch`` into ``folder`` (default: where
+    :func:`imagenet_state_dict` reads them), checked against the pinned sha256.
+
+    Returns (file, downloaded: False when a file with the right sha256 is there already).
+    Written to a temporary sibling and renamed: a failed or mismatching download leaves nothing.
+    """
+    target = imagenet_file(arch) if folder is None else Path(folder) / IMAGENET_WEIGHTS[arch][0]
+    want = IMAGENET_WEIGHTS[arch][1]
+    if target.is_file() and sha256_file(target) == want:
+        return target, False
+    url = url or imagenet_weights(arch).url
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+    try:
+        digest = hashlib.sha256()
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as resp:  # noqa: S310
+            for block in iter(lambda: resp.read(1 << 20), b""):
+                digest.update(block)
+                out.write(block)
+        if digest.hexdigest() != want:
+            raise DataError(f"{url}: sha256 {digest.hexdigest()} is not the pinned {want} "
+                            f"(egnet.models.backbone.IMAGENET_WEIGHTS); nothing was kept")
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, target)
+    except (OSError, urllib.error.URLError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise DataError(f"{url}: download failed: {reason}; nothing was kept") from None
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return target, True
+
+
+def read_state_dict_file(path: str | Path, param: str = "model.backbone_weights") -> dict[str, torch.Tensor]:
+    """A torchvision-format state_dict from ``path`` (torch.load, weights_only); ConfigError naming
+    ``param`` if it is not one."""
     p = Path(path)
     if not p.is_file():
-        raise ConfigError(f"model.backbone_weights: file not found: {p}")
+        raise ConfigError(f"{param}: file not found: {p}")
     try:
         state = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle/zip errors differ by format; all mean "not a weights file"
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ConfigError(f"model.backbone_weights: {p} is not a torch weights file: {first}") from None
+        raise ConfigError(f"{param}: {p} is not a torch weights file: {first}") from None
     if not isinstance(state, Mapping) or not state or not all(
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
     ):
         raise ConfigError(
-            f"model.backbone_weights: {p} is not a state_dict (a mapping of parameter names to tensors); "
+            f"{param}: {p} is not a state_dict (a mapping of parameter names to tensors); "
             f"got {type(state).__name__}"
         )
     return dict(state)

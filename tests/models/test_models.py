@@ -253,25 +253,3 @@ def test_no_exposure_stream_is_fcn_resnet101_in_size_and_cost():
     assert count_parameters(ours) == count_parameters(fcn)
     assert count_flops(ours, 64, 96) == count_flops(fcn, 64, 96)
     assert count_flops(both, 64, 96) > 1.5 * count_flops(ours, 64, 96)
-
-
-def test_imagenet_weights_come_from_torchvision_and_fail_clearly(resnet18_file, monkeypatch):
-    """No network in tests: torchvision's URL loader is replaced by a stub."""
-    import urllib.error
-
-    import torchvision.models._api as api
-
-    path, state = resnet18_file
-    asked = []
-    monkeypatch.setattr(api, "load_state_dict_from_url", lambda url, **kw: asked.append(url) or dict(state))
-    model = build_model(cfg(backbone_weights="imagenet"))
-    assert asked == [torchvision.models.ResNet18_Weights.IMAGENET1K_V1.url]
-    torch.testing.assert_close(model.exposure_stream["layer4"][1].conv2.weight,
-                               state["layer4.1.conv2.weight"])
-
-    def offline(url, **kw):
-        raise urllib.error.URLError("no route to host")
-
-    monkeypatch.setattr(api, "load_state_dict_from_url", offline)
-    with pytest.raises(ConfigError, match="backbone_weights = imagenet: could not fetch ResNet18_Weights"):
-        build_model(cfg(backbone_weights="imagenet"))
