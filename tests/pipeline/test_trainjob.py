@@ -37,7 +37,7 @@ def example_spec(**over) -> tj.JobSpec:
     """The run the k8s/training templates describe, with params.yaml's pipeline settings."""
     from pipelines.nightcity_training import _cluster_settings
 
-    cluster = {**_cluster_settings(load_config(PARAMS)), "mlflow_secret": ""}
+    cluster = _cluster_settings(load_config(PARAMS))  # the templates carry the MLflow login
     spec = tj.JobSpec.from_cluster(cluster, name="egnet-train-example",
                                    image="registry.example.com/egnet:0.1.0", nodes=2, gpus_per_node=1,
                                    args=EXAMPLE_ARGS)
@@ -128,7 +128,7 @@ def test_job_spec_from_the_compile_time_params():
     cfg = load_config(PARAMS)
     # as KFP passes it
     cluster = {k: float(v) if isinstance(v, int) else v for k, v in _cluster_settings(cfg).items()}
-    spec = tj.JobSpec.from_cluster({**cluster, "mlflow_secret": ""}, name="egnet-train-example",
+    spec = tj.JobSpec.from_cluster(cluster, name="egnet-train-example",
                                    image="registry.example.com/egnet:0.1.0", nodes=2, gpus_per_node=1,
                                    args=EXAMPLE_ARGS, run_id="r1")
     built = tj.build_trainjob(spec)

@@ -3,10 +3,10 @@
 This module: where things are (``REPO``, ``PARAMS``, ``BIN``), the ``tiny`` profile's command
 line (``tiny_args``, ``train_argv``) and the environment of an ``egnet`` subprocess. The other
 modules, one topic each: ``data`` (hand-made datasets), ``services`` (moto S3, ``mlflow server``,
-PostgreSQL), ``dvc`` (temporary git+DVC repositories), ``k8s`` and ``kustomize`` (rendering and
-validating k8s/), ``egnet_no_dropout`` (a script), ``evidence`` (hand-made per-image counts
-for the promotion gate), ``host_syncs`` (counting the calls that make the host wait for the
-device) and ``count_host_syncs`` (``egnet`` with that counter, a script).
+PostgreSQL), ``dvc`` (temporary git+DVC repositories), ``k8s`` (rendering k8s/ with the real
+kubectl and validating it), ``egnet_no_dropout`` (a script), ``evidence`` (hand-made per-image
+counts for the promotion gate), ``host_syncs`` (counting the calls that make the host wait for
+the device) and ``count_host_syncs`` (``egnet`` with that counter, a script).
 """
 
 from __future__ import annotations

