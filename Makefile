@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
-.PHONY: run ui test test-fast install system-deps kubectl lint bench clean image
+.PHONY: run ui test test-fast install system-deps kubectl lock check-pins lint bench clean image
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -66,6 +66,31 @@ $(KUBECTL): | $(PY)
 
 kubectl: $(KUBECTL)
 
+# The images' lock files (requirements/, docs/deploy.md "Locked dependencies"), made by uv from
+# PyPI (and PyTorch's CPU index for torch-cpu.lock) with sha256 hashes, for the images' Python and
+# platform whatever machine runs this. Keeps current pins that still fit; UPGRADE=1 takes the
+# newest allowed. Needs network; `make install` does not use the locks (it resolves as before).
+UV_VERSION := 0.13.9
+UV := $(VENV)/bin/uv
+LOCK_TARGET := --python-version 3.11 --python-platform x86_64-manylinux_2_28
+LOCK_FLAGS := --generate-hashes $(LOCK_TARGET) $(if $(UPGRADE),--upgrade)
+
+$(UV): | $(PY)
+	$(PY) -m pip install -q "uv==$(UV_VERSION)"
+
+lock: $(UV)
+	$(UV) pip compile pyproject.toml requirements/build.in requirements/torch-runtime.in --extra server \
+	  --override requirements/no-torch.txt --index-url https://pypi.org/simple $(LOCK_FLAGS) \
+	  -o requirements/images.lock
+	@# exact pins: nothing to keep from the old file; replaced only when the compile succeeds
+	$(UV) pip compile requirements/torch-cpu.in --no-deps --emit-index-url \
+	  --index-url https://download.pytorch.org/whl/cpu $(LOCK_FLAGS) -o requirements/.torch-cpu.lock.new \
+	  && mv requirements/.torch-cpu.lock.new requirements/torch-cpu.lock
+
+# Placeholders (a base image digest, wheel hashes of an unreachable index) stop `make image`.
+check-pins:
+	$(PYTHON) tools/check_pins.py
+
 # System packages some tests start for real: PostgreSQL (MLflow's cluster backend) and
 # Chromium (renders the HTML report). Installed with apt-get when missing and run as root;
 # otherwise those tests skip and say why.
@@ -101,7 +126,7 @@ IMAGE_ARGS = --build-arg VERSION=$(shell sed -n 's/^version = "\(.*\)"/\1/p' pyp
 	--build-arg CREATED=$(shell date -u +%Y-%m-%dT%H:%M:%SZ) \
 	--build-arg SOURCE=$(shell git remote get-url origin 2>/dev/null || echo unknown)
 
-image:
+image: check-pins
 	docker build -f docker/Dockerfile $(IMAGE_ARGS) -t $(IMAGE):$(TAG) .
 	docker build -f docker/Dockerfile.cpu $(IMAGE_ARGS) -t $(IMAGE):$(TAG)-cpu .
 	docker push $(IMAGE):$(TAG)

