@@ -39,12 +39,13 @@ What the backend does with it (kubeflow/pipelines 2.17.0, read from its source):
 
 Kubernetes settings (kfp-kubernetes; kfp.local ignores them), per step only what it uses
 (:func:`configure`): the CPU image (``cpu_image``) everywhere except train and evaluate (CUDA
-``image``); CPU/memory requests and limits on every step (three tiers from params.yaml); the
-dataset PVC for the data steps, train and evaluate; the endpoints ConfigMap, the S3 Secret
-and the optional MLflow Secret as environment variables, with the label
-``egnet.io/pipeline-access: "true"`` the MLflow/MinIO NetworkPolicies admit; the registry
-lock (``EGNET_REGISTRY_LOCK``, an s3:// lease) with S3 credentials on register, gate and
-promote; GPU nodes for train (one node) and evaluate.
+``image``), pulled with ``pipeline.image_pull_secrets`` when set; CPU/memory requests and
+limits on every step (three tiers from params.yaml); the dataset PVC for the data steps,
+train and evaluate; the endpoints ConfigMap, the S3 Secret and the optional MLflow Secret as
+environment variables, with the label ``egnet.io/pipeline-access: "true"`` the MLflow/MinIO
+NetworkPolicies admit; the registry lock (``EGNET_REGISTRY_LOCK``, an s3:// lease) with the
+pipeline's S3 key on register, gate and promote; GPU nodes for train (one node) and
+evaluate.
 """
 
 # no `from __future__ import annotations`: kfp reads the pipeline signature's real types
