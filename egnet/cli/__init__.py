@@ -37,8 +37,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # `egnet ... | head`: the reader left; no traceback
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
-    except OSError as exc:
-        if exc.errno not in _DISK_FULL:
+    except Exception as exc:
+        # an MLflow 401/403 no step turned into its own message: still one line, exit 2
+        from egnet.tracking.access import denial
+
+        refused = denial(exc)
+        if refused is not None:
+            print(f"egnet: error: {refused}", file=sys.stderr)
+            return 2
+        if not isinstance(exc, OSError) or exc.errno not in _DISK_FULL:
             raise
         # steps write through atomic_dir/atomic_file: the temporary output is gone already
         where = exc.filename or getattr(args, "out", None) or "the output"
