@@ -489,11 +489,12 @@ def gate_decision(version: str, params_file: str = "", profile: str = "",
     """``egnet promote --version V --dry-run``: "promote" if the gate passes, "keep" if it refuses."""
     from egnet.core.config import load_config
     from egnet.registry.promotion import promote
-    from egnet.tracking.client import client_for
+    from egnet.tracking.client import client_for, mlflow_errors
 
     cfg = load_config(params_file or None, profile or None, list(overrides or []))
     try:
-        promote(client_for(cfg), cfg.register.model_name, cfg, version, dry_run=True)
+        with mlflow_errors(f"gate {cfg.register.model_name} v{version}"):  # e.g. a 403: one line
+            promote(client_for(cfg), cfg.register.model_name, cfg, version, dry_run=True)
     except GateRefused as exc:
         print(f"gate: {exc}")
         return "keep"
