@@ -59,8 +59,9 @@ def test_local_pipeline_registers_a_model_version(tmp_path, monkeypatch, capsys)
     assert mv.run_id == reg["run_id"] == (run_dir / "train" / "model" / "mlflow_run_id").read_text().strip()
     assert float(mv.tags["test_mIoU"]) == pytest.approx(metrics["mIoU"])
     assert mv.tags["data_version"].startswith(("content:", "dvc:"))
+    # the gate's promotion sets `champion` and leaves `challenger` on the decided version (docs/registry.md)
     aliases = client.get_registered_model("egnet-nightcity").aliases
-    assert {a: str(v) for a, v in aliases.items()} == {"champion": "1"}
+    assert {a: str(v) for a, v in aliases.items()} == {"champion": "1", "challenger": "1"}
     tags = client.get_run(reg["run_id"]).data.tags
     assert tags["params_hash"]
     # cross-links: the KFP run (kfp.local's run id is a number) and, from the exit handler, its final state
@@ -109,7 +110,7 @@ def test_local_pipeline_registers_a_model_version(tmp_path, monkeypatch, capsys)
     assert lines.index("=== summary ===") > lines.index(next(line for line in lines if "] promote " in line))
     assert len(lines) < 40 and "executor_input" not in out and " - INFO - " not in out
     experiment = client.get_run(reg["run_id"]).info.experiment_id
-    assert "model version   egnet-nightcity v1 (champion" in out
+    assert "model version   egnet-nightcity v1 (challenger, champion)" in out
     assert f"test mIoU       {metrics['mIoU']:.4f}" in out
     assert f"http://127.0.0.1:5000/#/experiments/{experiment}/runs/{reg['run_id']}" in out
     assert "http://127.0.0.1:5000/#/models/egnet-nightcity/versions/1" in out

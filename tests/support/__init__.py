@@ -87,8 +87,10 @@ def mlflow_env_restored() -> Iterator[None]:
                 os.environ[key] = value
         if "mlflow" in sys.modules:  # only if something used it; importing mlflow costs seconds
             import mlflow
+            from mlflow.tracking._model_registry import utils as registry_utils
             from mlflow.tracking._tracking_service import utils as tracking_utils
 
             if mlflow.active_run() is not None:
                 mlflow.end_run()
             tracking_utils._tracking_uri = None  # the module-level URI set_tracking_uri keeps
+            registry_utils._registry_uri = None  # ... and set_registry_uri (egnet's client_for sets it)
