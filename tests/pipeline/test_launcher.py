@@ -30,9 +30,9 @@ from egnet.core.errors import DataError
 from egnet.pipeline import jobs as jobs_mod
 from egnet.pipeline import steps as kfp_steps
 from egnet.pipeline import trainjob as tj
-from tests.pipeline.conftest import Request
 from tests.pipeline.test_trainjob import FakeClock, FakeK8s, cond, manifest
 from tests.support import PARAMS, REPO
+from tests.support.http import Request
 from tests.support.k8s import TRAINJOB_SCHEMA, crd_errors
 
 JOB = "egnet-train-0123456789"

@@ -1,11 +1,12 @@
-"""Fixtures of the pipeline tests: a loopback JSON HTTP stub for API tests (the KFP API, the
-Kubernetes API), since neither server runs here.
+"""A loopback JSON HTTP stub for API tests (the KFP API, the Kubernetes API, an MLflow server's
+refusals), since none of those servers runs here; the fixture ``json_stub`` (tests/conftest.py)
+starts and stops them.
 
-``json_stub(handle) -> Stub`` serves ``handle(request) -> (status, JSON body)`` on 127.0.0.1 and
-records every request (a ``Request``: method, path, query, headers lower-cased, raw body, its
-``json``, and ``extra`` for what a handler keeps); the test reads ``stub.url``,
-``stub.requests`` and ``stub.find(method, path)``. Servers stop at the end of the test.
-A body of ``bytes`` is sent as it is, as ``text/plain`` (e.g. a pod's log).
+``start_stub(handle, servers) -> Stub`` serves ``handle(request) -> (status, JSON body)`` on
+127.0.0.1 and records every request (a ``Request``: method, path, query, headers lower-cased,
+raw body, its ``json``, and ``extra`` for what a handler keeps); the test reads ``stub.url``,
+``stub.requests`` and ``stub.find(method, path)``. A body of ``bytes`` is sent as it is, as
+``text/plain`` (e.g. a pod's log).
 """
 
 from __future__ import annotations
@@ -13,12 +14,10 @@ from __future__ import annotations
 import json
 import threading
 import urllib.parse
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-
-import pytest
 
 
 @dataclass
@@ -41,17 +40,7 @@ class Stub:
         return [r for r in self.requests if r.method == method and r.path == path]
 
 
-@pytest.fixture
-def json_stub() -> Iterator[Callable[[Callable[[Request], tuple[int, Any]]], Stub]]:
-    """``json_stub(handle) -> Stub``, started (module docstring)."""
-    servers: list[ThreadingHTTPServer] = []
-    yield lambda handle: _start_stub(handle, servers)
-    for server in servers:
-        server.shutdown()
-        server.server_close()
-
-
-def _start_stub(handle: Callable[[Request], tuple[int, Any]], servers: list[ThreadingHTTPServer]) -> Stub:
+def start_stub(handle: Callable[[Request], tuple[int, Any]], servers: list[ThreadingHTTPServer]) -> Stub:
     requests: list[Request] = []
 
     class Handler(BaseHTTPRequestHandler):
