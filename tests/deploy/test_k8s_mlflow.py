@@ -23,7 +23,7 @@ import urllib.request
 
 import pytest
 
-from tests.support import BIN
+from tests.support import BIN, REPO
 from tests.support.k8s import K8S, NO_KUBECTL, find, kubectl, render
 from tests.support.services import free_port
 
@@ -178,7 +178,7 @@ def test_migration_then_mlflow_with_basic_auth_then_bootstrap(postgres, moto_s3,
         env = _env(c, config, local, secrets)
         argv = [a.replace("/etc/egnet/mlflow-users", str(users)) for a in c["command"] + c["args"]]
         done = _run(argv, {**env, "HOME": str(home)},
-                    cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+                    cwd=REPO)   # the image's WORKDIR holds params.yaml
         assert done.returncode == 0, done.stderr[-3000:]
         assert "egnet-pipeline  pipeline" in done.stdout and "EDIT (granted)" in done.stdout
 
