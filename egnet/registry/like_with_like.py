@@ -33,6 +33,7 @@ from typing import Any
 from egnet.core.config import Config
 from egnet.core.errors import DataError, GateRefused
 from egnet.evaluation.per_image import PER_IMAGE_COUNTS_FILE, PerImageCounts, read_per_image
+from egnet.tracking.client import no_download_bars
 
 EVALUATION_DIR = "evaluation"
 REEVALUATION_PREFIX = "reevaluation."
@@ -88,7 +89,7 @@ def load_evidence(client: Any, run_id: str, version: str, kind: str, mv: Any = N
     path = f"{EVALUATION_DIR}/{PER_IMAGE_COUNTS_FILE}"
     if path not in names:
         return None
-    with tempfile.TemporaryDirectory(prefix="egnet-evidence-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="egnet-evidence-") as tmp, no_download_bars():
         try:
             local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path, dst_path=tmp,
                                                         tracking_uri=mlflow.get_tracking_uri())

@@ -47,3 +47,24 @@ def mlflow_errors(what: str) -> Iterator[None]:
             raise mlflow_error(what, exc) from None
         label = "MLflow" if isinstance(exc, MlflowException) else type(exc).__name__
         raise mlflow_error(f"{what}: {label}", exc) from None
+
+
+#: MLflow's switch for its artifact download progress bars (tqdm on stderr)
+PROGRESS_BAR_ENV = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+
+
+@contextlib.contextmanager
+def no_download_bars() -> Iterator[None]:
+    """MLflow downloads without their progress bars: for a small file a command reads on the way
+    (the gate's evidence), where a bar is only noise before the one line that matters."""
+    import os
+
+    before = os.environ.get(PROGRESS_BAR_ENV)
+    os.environ[PROGRESS_BAR_ENV] = "false"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(PROGRESS_BAR_ENV, None)
+        else:
+            os.environ[PROGRESS_BAR_ENV] = before

@@ -21,6 +21,7 @@ import pytest
 from egnet.cli import main
 from egnet.tracking.registered import CHALLENGER, CHAMPION, PREVIOUS
 from tests.support import tiny_args
+from tests.support.evidence import log_evidence
 from tests.support.services import MlflowServer
 
 pytestmark = [pytest.mark.mlflow, pytest.mark.slow]
@@ -152,7 +153,8 @@ def test_bootstrap_grants_each_role_and_changes_nothing_when_run_again(server, w
 
 
 def _train_and_eval(server, work: Path, make_checkpoint, tag: str, miou: float) -> tuple[Path, Path]:
-    """A run in the experiment made by the pipeline user, an (untrained) model and its evaluation."""
+    """A run in the experiment made by the pipeline user, an (untrained) model and its evaluation
+    (metrics.json and, in the run, hand-made per-image counts with that mIoU)."""
     import mlflow
 
     client = mlflow.MlflowClient(server.uri)
@@ -160,6 +162,7 @@ def _train_and_eval(server, work: Path, make_checkpoint, tag: str, miou: float) 
     run = client.create_run(exp_id, run_name=tag, tags={"git_commit": "0" * 40, "data_version": "content:t",
                                                         "params_hash": tag})
     client.log_metric(run.info.run_id, "val_mIoU", miou)
+    log_evidence(client, run.info.run_id, miou, work)   # the gate's per-image counts (EDIT logs them)
     client.set_terminated(run.info.run_id)
     train, ev = work / tag, work / f"eval_{tag}"
     make_checkpoint(train, 0, "model.variant=no_exposure_stream", run_id=run.info.run_id)
