@@ -58,7 +58,7 @@ from kfp import dsl, kubernetes
 import components
 from egnet.core.config import Config
 from egnet.pipeline.steps import cpu_image_of
-from egnet.pipeline.trainjob import POD_NAME_ENV, POD_UID_ENV, UID, toleration
+from egnet.pipeline.trainjob import POD_NAME_ENV, POD_UID_ENV, UID, cluster_settings, toleration
 
 COMPILED = Path(__file__).resolve().with_name("nightcity_training.yaml")
 DESCRIPTION = ("NightCity night-time segmentation (EGNet): DVC data -> validate -> split -> "
@@ -75,13 +75,6 @@ S3_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 MLFLOW_KEYS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
 
 #: the ``pipeline`` params the train step (and the exit handler) need to build / find a TrainJob / PyTorchJob
-CLUSTER_KEYS = (
-    "accelerator", "gpu_node_selector_key", "gpu_node_selector_value", "gpu_toleration_key",
-    "gpu_toleration_value", "gpu_toleration_effect", "shm_size", "cpu_request", "cpu_limit", "memory_request",
-    "memory_limit", "data_pvc", "data_mount", "s3_secret", "mlflow_secret", "endpoints_configmap",
-    "image_pull_secrets", "service_account", "trainjob_runtime", "cleanup", "wait_timeout_s", "poll_s",
-    "active_deadline_s",
-)
 #: resource tiers: params.yaml prefix -> steps (the GPU tier is cpu_request/... without prefix)
 TIERS = {"data_": ("materialise", "validate", "split", "stats", "drift", "register"),
          "step_": ("resolve-data", "train-resources", "gate", "promote", "finalize")}
@@ -89,8 +82,9 @@ RESOURCES = ("cpu_request", "cpu_limit", "memory_request", "memory_limit")
 
 
 def _cluster_settings(cfg: Config) -> dict[str, Any]:
-    """The train step's TrainJob settings (a constant in the YAML: numbers arrive as floats)."""
-    return {k: list(v) if isinstance(v := getattr(cfg.pipeline, k), tuple) else v for k in CLUSTER_KEYS}
+    """The train step's TrainJob settings (a constant in the YAML: numbers arrive as floats);
+    ``egnet pipeline render-job`` builds its manifest from the same dict."""
+    return cluster_settings(cfg)
 
 
 def resources(cfg: Config, tier: str) -> dict[str, str]:

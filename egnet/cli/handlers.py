@@ -153,3 +153,8 @@ def pipeline_schedule(args, cfg) -> int:
 def pipeline_schedules(args, cfg) -> int:
     from egnet.pipeline.commands import schedules_main
     return schedules_main(args, cfg)
+
+
+def pipeline_render_job(args, cfg) -> int:
+    from egnet.pipeline.commands import render_job_main
+    return render_job_main(args, cfg)

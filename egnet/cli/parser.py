@@ -355,6 +355,27 @@ def _pipeline_commands(sub) -> None:
             for flag, what in (("pause", "disable"), ("resume", "enable"), ("delete", "delete")):
                 state.add_argument(f"--{flag}", action="store_true",
                                    help=f"{what} the existing recurring run of that name (no upload)")
+    p = _add(psub, "render-job", h.pipeline_render_job,
+             "print the TrainJob / PyTorchJob the train step would create (YAML)",
+             "Prints the multi-node training job the train step creates for --nodes >= 2, built by\n"
+             "the step's own function from params.yaml (pipeline section, train.max_restarts), as\n"
+             "`kubectl apply --dry-run=client -o yaml` shows it (keys sorted; without kubectl's\n"
+             "last-applied-configuration annotation). Run-specific values have stand-ins (options).\n"
+             "The pods get --profile and the --set items outside `pipeline.` (docs/training.md).")
+    p.add_argument("--nodes", type=int, required=True, help="training pods (>= 2)")
+    p.add_argument("--gpus-per-node", type=int, required=True, help="processes (GPUs) per pod")
+    p.add_argument("--kind", choices=["trainjob", "pytorchjob"], default=None,
+                   help="Kubeflow Trainer v2.3 TrainJob or Training Operator v1.9 PyTorchJob "
+                        "(default: pipeline.job_kind)")
+    p.add_argument("--run-id", default="example", help="KFP run id the job name and label derive from")
+    p.add_argument("--image", default=None, help="training image (default: pipeline.image)")
+    p.add_argument("--data", default=None, help="dataset root in the pods (default: pipeline.data_path)")
+    p.add_argument("--split", default=None,
+                   help="split folder in the pods (default: <pipeline.data_mount>/runs/<job>/split)")
+    p.add_argument("--quarantine", default=None, help="quarantine list in the pods (default: none)")
+    p.add_argument("--out", default=None, help="train output (default: <pipeline.train_out>/<job>)")
+    p.add_argument("--mlflow-uri", default=None,
+                   help="MLFLOW_TRACKING_URI of the pods (default: from the endpoints ConfigMap)")
     p = _add(psub, "schedules", h.pipeline_schedules, "list the pipeline's recurring runs on a KFP server")
     p.add_argument("--host", required=True, help="KFP API endpoint, e.g. http://localhost:8080")
     p.add_argument("--namespace", default=None, help="Kubeflow profile namespace (multi-user installs)")

@@ -125,6 +125,7 @@ class TrainConfig(_Section):
     channels_last: bool
     compile: bool
     deterministic: bool
+    max_restarts: NonNegInt
 
     @model_validator(mode="after")
     def _scale_range(self) -> TrainConfig:

@@ -19,6 +19,7 @@ steps see it too. ``--param NAME=VALUE`` sets a pipeline parameter of the run.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import sys
@@ -309,4 +310,48 @@ def schedules_main(args: argparse.Namespace, cfg: Config) -> int:
         return 0
     cols = ["name", "state", "cron", "id", "pipeline_version_id"]
     print(render_table([cols, *([r[c] for c in cols] for r in rows)]))
+    return 0
+
+
+# --------------------------------------------------------------------------- render-job
+
+
+def render_job_main(args: argparse.Namespace, cfg: Config) -> int:
+    """`egnet pipeline render-job`: the TrainJob / PyTorchJob the train step would create, as YAML.
+
+    Built by the train step's own function (``steps.training_job``) from the same settings
+    (``trainjob.cluster_settings``). What only a run knows has stand-ins, each an option: the job
+    name derives from ``--run-id`` (default ``example``), ``--data`` is ``pipeline.data_path``,
+    ``--split`` the run's folder on the PVC (``<data_mount>/runs/<job>/split``, where the step
+    copies the split), ``--out`` is ``<pipeline.train_out>/<job>`` (``$VAR`` expanded from this
+    environment when set, as the step does in its pod). The pods get ``--profile``, the
+    non-``pipeline`` ``--set`` items and ``tracking.experiment``, as from the pipeline's parameters.
+    """
+    import sys
+
+    import yaml
+
+    from egnet.pipeline import steps, trainjob
+
+    if args.nodes < 2:
+        raise ConfigError(f"--nodes {args.nodes}: the train step creates a TrainJob/PyTorchJob only for "
+                          "2 or more nodes (one node trains in the step's own pod)")
+    kind = args.kind or cfg.pipeline.job_kind
+    job = trainjob.job_name(args.run_id)
+    out = args.out or f"{cfg.pipeline.train_out.rstrip('/')}/{job}"
+    expanded = os.path.expandvars(out)
+    if "$" in expanded:
+        print(f"render-job: {out}: variables not set here are left for the train step to expand",
+              file=sys.stderr)
+    config = steps.config_args("", cfg.profile, step_overrides(args.overrides), cfg.tracking.experiment)
+    split = args.split or f"{cfg.pipeline.data_mount.rstrip('/')}/runs/{job}/split"
+    train_args = steps.train_args(args.data or cfg.pipeline.data_path, split,
+                                  expanded if "$" not in expanded else out, args.quarantine, config)
+    tags = json.dumps(steps.kfp_run_tags(args.run_id), sort_keys=True)
+    manifest = steps.training_job(kind, trainjob.cluster_settings(cfg), run_id=args.run_id,
+                                  image=args.image or cfg.pipeline.image, nodes=args.nodes,
+                                  gpus_per_node=args.gpus_per_node, args=train_args,
+                                  mlflow_uri=args.mlflow_uri or "", tags=tags)
+    plain = json.loads(json.dumps(manifest))  # no shared sub-objects: no YAML anchors/aliases
+    sys.stdout.write(yaml.safe_dump(plain, sort_keys=True, default_flow_style=False))
     return 0

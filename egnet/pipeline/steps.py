@@ -290,6 +290,28 @@ def kfp_run_tags(run_id: str, run_name: str = "", pipeline_version: str = "") ->
     return {k: str(v) for k, v in zip(KFP_TAGS, values, strict=True) if v}
 
 
+def train_args(data: str, split: str, out: str, quarantine: str | None, config: Sequence[str]) -> list[str]:
+    """The ``egnet train`` arguments (after ``train``) of the train step."""
+    q = ["--quarantine", quarantine] if quarantine else []
+    return ["--data", data, "--split", split, "--out", out, *q, *config]
+
+
+def training_job(kind: str, cluster: dict[str, Any], *, run_id: str, image: str, nodes: int,
+                 gpus_per_node: int, args: list[str], mlflow_uri: str = "", tags: str = "",
+                 owner: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The TrainJob / PyTorchJob (``kind``) the train step creates for ``nodes`` > 1, also what
+    ``egnet pipeline render-job`` prints: named after the KFP run (``job_name(run_id)``), labelled
+    with it, ``tags`` (JSON) as EGNET_RUN_TAGS in the pods. ``cluster``: :func:`trainjob.cluster_settings`."""
+    from egnet.pipeline import trainjob
+    from egnet.tracking.runs import RUN_TAGS_ENV
+
+    spec = trainjob.JobSpec.from_cluster(cluster, name=trainjob.job_name(run_id), image=image, nodes=nodes,
+                                         gpus_per_node=gpus_per_node, args=list(args), run_id=run_id,
+                                         mlflow_uri=mlflow_uri, owner=owner,
+                                         extra_env={RUN_TAGS_ENV: tags} if tags else {})
+    return trainjob.build(kind, spec)
+
+
 def run_training(*, data: str, split: str, quarantine: str | None, model_dir: str, nodes: int,
                  gpus_per_node: int, image: str, train_out: str, run_id: str, job_kind: str,
                  cluster: dict[str, Any], config: list[str], run: Runner, mlflow_uri: str = "",
@@ -317,19 +339,18 @@ def run_training(*, data: str, split: str, quarantine: str | None, model_dir: st
     os.environ[RUN_TAGS_ENV] = tags      # in-process and torchrun training read it here
 
     def argv(split_dir: str, q: str | None) -> list[str]:
-        return ["train", "--data", data, "--split", split_dir, "--out", out,
-                *(["--quarantine", q] if q else []), *config]
+        return ["train", *train_args(data, split_dir, out, q, config)]
 
     if nodes > 1:
         if not out.startswith("s3://"):
             raise ConfigError(f"nodes={nodes}: train_out must be s3://... (shared by the nodes), got {out!r}")
         split_pvc, q_pvc = _stage_on_pvc(split, quarantine, data, job, cluster["data_mount"])
-        spec = trainjob.JobSpec.from_cluster(cluster, name=job, image=image, nodes=nodes,
-                                             gpus_per_node=gpus_per_node, args=argv(split_pvc, q_pvc)[1:],
-                                             run_id=run_id, mlflow_uri=mlflow_uri,
-                                             extra_env={RUN_TAGS_ENV: tags}, owner=trainjob.pod_owner())
+        manifest = training_job(job_kind, cluster, run_id=run_id, image=image, nodes=nodes,
+                                gpus_per_node=gpus_per_node, mlflow_uri=mlflow_uri, tags=tags,
+                                args=train_args(data, split_pvc, out, q_pvc, config),
+                                owner=trainjob.pod_owner())
         jobs = (jobs_factory or (lambda kind: TrainingJobs.in_cluster(kind)))(job_kind)
-        run_job(jobs, trainjob.build(job_kind, spec), timeout_s=float(cluster["wait_timeout_s"]),
+        run_job(jobs, manifest, timeout_s=float(cluster["wait_timeout_s"]),
                 poll_s=float(cluster["poll_s"]), cleanup=cluster["cleanup"])
     elif gpus_per_node > 1:
         cmd = torchrun_command(gpus_per_node, argv(split, quarantine))

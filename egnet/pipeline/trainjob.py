@@ -35,6 +35,27 @@ PATCH_MANAGER = "egnet.io/pipeline"
 UID = 10001                      # the image's user (docker/Dockerfile)
 HOME = "/home/egnet"
 TRAIN_MODULE = ["-m", "egnet.cli", "train"]
+#: the keys of params.yaml's ``pipeline`` section a training job is built from (:func:`cluster_settings`)
+CLUSTER_KEYS = (
+    "accelerator", "gpu_node_selector_key", "gpu_node_selector_value", "gpu_toleration_key",
+    "gpu_toleration_value", "gpu_toleration_effect", "shm_size", "cpu_request", "cpu_limit", "memory_request",
+    "memory_limit", "data_pvc", "data_mount", "s3_secret", "mlflow_secret", "endpoints_configmap",
+    "image_pull_secrets", "service_account", "trainjob_runtime", "cleanup", "wait_timeout_s", "poll_s",
+    "active_deadline_s",
+)
+#: the port the Training Operator v1.9 defaults ``pytorchjob-port`` to (kubeflow/training-operator
+#: ``pkg/apis/kubeflow.org/v1/pytorch_types.go`` PyTorchJobDefaultPort); also the c10d rendezvous port
+PYTORCHJOB_PORT = 23456
+
+
+def cluster_settings(cfg: Any) -> dict[str, Any]:
+    """What a training job is built from: the ``pipeline`` keys in :data:`CLUSTER_KEYS` plus
+    ``max_restarts`` (``train.max_restarts``). The pipeline passes this dict to the train step
+    as a constant (pipelines/nightcity_training.py); ``egnet pipeline render-job`` uses it too."""
+    def plain(v: Any) -> Any:  # tuples (a frozen Config's lists) as lists: YAML and JSON
+        return list(v) if isinstance(v, tuple) else v
+
+    return {**{k: plain(getattr(cfg.pipeline, k)) for k in CLUSTER_KEYS}, "max_restarts": cfg.train.max_restarts}
 
 
 def job_name(run_id: str) -> str:
@@ -72,6 +93,7 @@ class JobSpec:
     service_account: str
     runtime: str
     active_deadline_s: int
+    max_restarts: int = 0                 # torchrun --max-restarts (train.max_restarts): elastic restarts
     labels: dict[str, str] = field(default_factory=dict)   # extra object labels (e.g. the KFP run)
     owner: dict[str, Any] | None = None   # an ownerReference (the launcher pod): GC deletes the job with it
     image_pull_secrets: tuple[str, ...] = ()               # private registry logins (Secret names)
@@ -96,7 +118,8 @@ class JobSpec:
             cpu_request=c["cpu_request"], cpu_limit=c["cpu_limit"], memory_request=c["memory_request"],
             memory_limit=c["memory_limit"], shm_size=c["shm_size"], data_pvc=c["data_pvc"],
             data_mount=c["data_mount"], service_account=c["service_account"], runtime=c["trainjob_runtime"],
-            active_deadline_s=int(c["active_deadline_s"]), labels={RUN_LABEL: run_id[:63]} if run_id else {},
+            active_deadline_s=int(c["active_deadline_s"]), max_restarts=int(c.get("max_restarts", 0)),
+            labels={RUN_LABEL: run_id[:63]} if run_id else {},
             owner=owner,
             image_pull_secrets=tuple(c.get("image_pull_secrets") or ()),
         )
@@ -213,6 +236,8 @@ def _pull_secrets(spec: JobSpec) -> dict[str, Any]:
 
 
 def _check(spec: JobSpec) -> None:
+    if spec.max_restarts < 0:
+        raise ConfigError(f"training job {spec.name}: train.max_restarts = {spec.max_restarts}: must be >= 0")
     if spec.nodes < 1 or spec.gpus_per_node < 1:
         raise ConfigError(f"training job {spec.name}: nodes ({spec.nodes}) and gpus_per_node "
                           f"({spec.gpus_per_node}) must be at least 1")
@@ -246,9 +271,7 @@ def build_trainjob(spec: JobSpec) -> dict[str, Any]:
                 "image": spec.image,
                 "numNodes": spec.nodes,
                 "numProcPerNode": spec.gpus_per_node,
-                # the runtime's torch plugin sets PET_NNODES, PET_NPROC_PER_NODE, PET_NODE_RANK,
-                # PET_MASTER_ADDR, PET_MASTER_PORT: torchrun's defaults
-                "command": ["torchrun", *TRAIN_MODULE],
+                "command": trainjob_command(spec.max_restarts),
                 "args": list(spec.args),
                 "resourcesPerNode": _resources(spec),
                 "env": [dict(e) for e in spec.env],
@@ -269,10 +292,8 @@ def build_pytorchjob(spec: JobSpec) -> dict[str, Any]:
     """The PyTorchJob (Training Operator v1.9.4) for ``spec``: Master + (nodes - 1) Workers, one pod each."""
     _check(spec)
     g = spec.gpus_per_node
-    # the operator sets MASTER_ADDR, MASTER_PORT, WORLD_SIZE (= pods) and RANK (= pod index);
-    # the kubelet expands $(VAR) in the command
-    command = ["torchrun", "--nnodes=$(WORLD_SIZE)", "--node-rank=$(RANK)", f"--nproc-per-node={g}",
-               "--master-addr=$(MASTER_ADDR)", "--master-port=$(MASTER_PORT)", *TRAIN_MODULE]
+    # every torchrun setting comes from the operator's PET_* variables (see elastic_policy)
+    command = ["torchrun", *TRAIN_MODULE]
 
     def pod() -> dict[str, Any]:
         return {
@@ -290,7 +311,7 @@ def build_pytorchjob(spec: JobSpec) -> dict[str, Any]:
                     "image": spec.image,
                     "command": command,
                     "args": list(spec.args),
-                    "ports": [{"name": "pytorchjob-port", "containerPort": 23456}],
+                    "ports": [{"name": "pytorchjob-port", "containerPort": PYTORCHJOB_PORT}],
                     "env": [dict(e) for e in spec.env],
                     "resources": _resources(spec),
                     "securityContext": _container_security(),
@@ -309,11 +330,41 @@ def build_pytorchjob(spec: JobSpec) -> dict[str, Any]:
         "metadata": _metadata(spec),
         "spec": {
             "nprocPerNode": str(g),
+            # one node has no Worker, which the operator requires with an elasticPolicy
+            **({"elasticPolicy": elastic_policy(spec)} if spec.nodes > 1 else {}),
             "runPolicy": {"backoffLimit": 3, "activeDeadlineSeconds": spec.active_deadline_s,
                           "cleanPodPolicy": "None", "ttlSecondsAfterFinished": 604800},
             "pytorchReplicaSpecs": replicas,
         },
     }
+
+
+def trainjob_command(max_restarts: int) -> list[str]:
+    """The TrainJob's container command.
+
+    Trainer v2.3.0's torch plugin injects only PET_NNODES, PET_NPROC_PER_NODE, PET_NODE_RANK,
+    PET_MASTER_ADDR (``<job>-node-0-0.<job>``) and PET_MASTER_PORT (29500), which torchrun reads as
+    its defaults, and has no elastic policy (kubeflow/trainer v2.3.0
+    ``pkg/runtime/framework/plugins/torch/torch.go`` EnforceMLPolicy). The c10d rendezvous on
+    node 0's address (``$(VAR)``: the kubelet expands the injected variables) and
+    ``--max-restarts`` make a worker that dies restart the whole group, which resumes from the
+    last checkpoint, instead of failing the pod; c10d is the rendezvous torch documents for fault
+    tolerance and membership changes (a re-created pod rejoins), not torchrun's default ``static``.
+    """
+    return ["torchrun", "--rdzv-backend=c10d", "--rdzv-endpoint=$(PET_MASTER_ADDR):$(PET_MASTER_PORT)",
+            f"--max-restarts={max_restarts}", *TRAIN_MODULE]
+
+
+def elastic_policy(spec: JobSpec) -> dict[str, Any]:
+    """The PyTorchJob's ``elasticPolicy`` (Training Operator v1.9, ``pkg/controller.v1/pytorch/elastic.go``).
+
+    The operator turns it into PET_RDZV_BACKEND=c10d, PET_RDZV_ENDPOINT=<job>-master-0:23456,
+    PET_NNODES=N:N and PET_MAX_RESTARTS, which torchrun reads. Min = max = all pods (left unset,
+    the operator would count the Workers only, without the Master); the rendezvous runs on the
+    Master's Service (the default host is ``<job>-worker-0``, the second node).
+    """
+    return {"rdzvBackend": "c10d", "rdzvHost": f"{spec.name}-master-0", "rdzvPort": PYTORCHJOB_PORT,
+            "minReplicas": spec.nodes, "maxReplicas": spec.nodes, "maxRestarts": spec.max_restarts}
 
 
 def build(kind: str, spec: JobSpec) -> dict[str, Any]:

@@ -222,6 +222,22 @@ def any_rank(flag: bool, device: torch.device) -> bool:
     return bool(t.item())
 
 
+#: torchrun sets it in each worker: how often that node's agent has restarted its workers (0 at first)
+RESTART_COUNT_ENV = "TORCHELASTIC_RESTART_COUNT"
+
+
+def restart_count(device: torch.device) -> int:
+    """torchrun's elastic restarts of the job so far: the largest TORCHELASTIC_RESTART_COUNT over
+    the processes (an agent that restarts only because another node's worker died and re-joined
+    may not count it); 0 without torchrun."""
+    n = _env_int(RESTART_COUNT_ENV, 0)
+    if not (dist.is_available() and dist.is_initialized()):
+        return n
+    t = torch.tensor([n], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t.item())
+
+
 def broadcast_object(obj: Any) -> Any:
     """Rank 0's ``obj`` on every process."""
     if not (dist.is_available() and dist.is_initialized()):

@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 RESUMABLE_CHANGES = (
     "train.checkpoint_every", "train.log_every", "train.val_every", "train.val_max_images",
     "train.workers", "train.prefetch_factor", "train.pin_memory", "train.persistent_workers", "train.compile",
-    "train.channels_last", "train.deterministic",
+    "train.channels_last", "train.deterministic", "train.max_restarts",
 )
 TRAJECTORY_SECTIONS = ("model.", "train.", "data.image_size")
 
@@ -80,6 +80,7 @@ class Run:
     start_it: int = 0
     resumed_from: str | None = None
     run_id: str | None = None
+    restarts: int = 0                           # torchrun's elastic restarts (D.restart_count)
     uri: str | None = None
     logger: tracking.RunLogger | None = None
     bar: Any = None
@@ -143,6 +144,10 @@ class Run:
         self.run_id = tracking.start_run(cfg, self.uri, self.run_id, tracking.run_tags(cfg, data, split))
         self.location.write_text(RUN_ID_FILE, self.run_id + "\n")
         self.logger = tracking.RunLogger(self.run_id, self.uri)
+        # one run across elastic restarts: the count as a tag, and a metric at the iteration resumed from
+        self.logger.safe("set_tag", self.logger.client.set_tag, self.run_id, "restarts", str(self.restarts))
+        if self.restarts:
+            self.logger.log({"restarts": float(self.restarts)}, self.start_it)
         if self.start_it == 0:
             import mlflow
 

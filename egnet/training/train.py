@@ -161,6 +161,7 @@ def train(cfg: Config, data: Path, split: Path, out: str, *, resume: bool = True
             seed_everything(t.seed)
             run = Run.create(cfg, info, Location.from_str(out), data, split, quarantine)
             run.restore(resume)
+            run.restarts = D.restart_count(info.device)
             run.start_tracking(data, split, stats_json)
             if run.start_it == 0 and t.val_every <= t.iterations:
                 run.validate(0)  # the untrained model's score: the baseline in the same run

@@ -289,6 +289,8 @@ def test_kubelet_expansions_are_defined(item):
     defined = {e["name"] for e in c.get("env", [])}
     if where.startswith("training:PyTorchJob"):
         defined |= {"MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK"}  # set by the operator
+    if where.startswith("training:TrainJob"):
+        defined |= {"PET_MASTER_ADDR", "PET_MASTER_PORT"}  # set by Trainer v2.3's torch plugin
     used = {m for a in c.get("command", []) + c.get("args", []) for m in re.findall(r"(?<!\$)\$\((\w+)\)", a)}
     assert used <= defined, f"{where}: undefined {sorted(used - defined)}"
 

@@ -82,9 +82,15 @@ def test_built_manifests_match_the_crd_and_pod_schemas(kind, spec):
     if kind == "pytorchjob":
         replicas = obj["spec"]["pytorchReplicaSpecs"]
         assert sum(r["replicas"] for r in replicas.values()) == spec.nodes
-        master = replicas["Master"]["template"]["spec"]["containers"][0]
-        assert f"--nproc-per-node={spec.gpus_per_node}" in master["command"]
+        assert obj["spec"]["nprocPerNode"] == str(spec.gpus_per_node)
+        elastic = obj["spec"].get("elasticPolicy")
+        if spec.nodes > 1:
+            assert (elastic["minReplicas"], elastic["maxReplicas"], elastic["maxRestarts"]) == (
+                spec.nodes, spec.nodes, spec.max_restarts)
+        else:
+            assert elastic is None
     else:
+        assert f"--max-restarts={spec.max_restarts}" in obj["spec"]["trainer"]["command"]
         assert (obj["spec"]["trainer"]["numNodes"], obj["spec"]["trainer"]["numProcPerNode"]) == (
             spec.nodes, spec.gpus_per_node)
 
