@@ -46,6 +46,10 @@ CLUSTER_KEYS = (
 #: the port the Training Operator v1.9 defaults ``pytorchjob-port`` to (kubeflow/training-operator
 #: ``pkg/apis/kubeflow.org/v1/pytorch_types.go`` PyTorchJobDefaultPort); also the c10d rendezvous port
 PYTORCHJOB_PORT = 23456
+#: torchrun (>= 2.4) shares its c10d rendezvous TCPStore with the workers and keeps it across restarts,
+#: so a restarted group reads the dead group's keys and hangs in init_process_group (torch 2.14,
+#: tests/training/test_multinode.py); opting out gives each round a fresh store on a new port
+ELASTIC_ENV = [{"name": "TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "value": "1"}]
 
 
 def cluster_settings(cfg: Any) -> dict[str, Any]:
@@ -113,6 +117,7 @@ class JobSpec:
         return cls(
             name=name, image=image, nodes=nodes, gpus_per_node=gpus_per_node, args=args,
             env=pod_env(c["endpoints_configmap"], c["s3_secret"], c["mlflow_secret"], mlflow_uri)
+            + [dict(e) for e in ELASTIC_ENV]
             + [{"name": k, "value": v} for k, v in sorted((extra_env or {}).items())],
             accelerator=c["accelerator"], node_selector=selector, tolerations=tolerations,
             cpu_request=c["cpu_request"], cpu_limit=c["cpu_limit"], memory_request=c["memory_request"],

@@ -120,7 +120,13 @@ class Cluster:
                          for i in range(2))
 
     def close(self) -> None:
-        for p in self.procs:
+        import psutil
+
+        for p in self.procs:  # torchrun starts its workers in sessions of their own
+            with contextlib.suppress(psutil.NoSuchProcess):
+                for child in psutil.Process(p.pid).children(recursive=True):
+                    with contextlib.suppress(psutil.NoSuchProcess):
+                        child.kill()
             if p.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(p.pid, signal.SIGKILL)
