@@ -59,7 +59,8 @@ def cluster_settings(cfg: Any) -> dict[str, Any]:
     def plain(v: Any) -> Any:  # tuples (a frozen Config's lists) as lists: YAML and JSON
         return list(v) if isinstance(v, tuple) else v
 
-    return {**{k: plain(getattr(cfg.pipeline, k)) for k in CLUSTER_KEYS}, "max_restarts": cfg.train.max_restarts}
+    settings = {k: plain(getattr(cfg.pipeline, k)) for k in CLUSTER_KEYS}
+    return {**settings, "max_restarts": cfg.train.max_restarts}
 
 
 def job_name(run_id: str) -> str:
