@@ -320,8 +320,12 @@ def _int(v: Any) -> str:
 
 def _gate_row(line: str) -> str:
     """A FAIL row of the gate table (check, champion, candidate, delta, rule, FAIL) in a few words."""
-    if line.strip().startswith("rule "):            # "rule <what it checks>: FAIL"
-        return line.strip().removeprefix("rule ").removesuffix(": FAIL")
+    if line.strip().startswith("rule "):            # "rule <name>: <what it found>: FAIL"
+        name, _, found = line.strip().removeprefix("rule ").removesuffix(": FAIL").partition(": ")
+        m = re.search(r"difference (\S+), (\d+% CI \[[^]]+\]); (lower bound [<>] \S+)", found)
+        if m:
+            return f"{name} {m[1]}, {m[2]}, needs {m[3]}"
+        return f"{name}: " + re.sub(r" \(register\.\w+\)", "", found)
     cells = re.split(r"\s{2,}", line.strip())
     if len(cells) == 6:
         return f"{cells[0]} {cells[3]}, needs {cells[4]}"

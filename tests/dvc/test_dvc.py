@@ -35,6 +35,7 @@ from tests.support.dvc import (
     git,
     init_repo,
     isolate_inprocess,
+    project_repo,
     tool_env,
     tree_bytes,
 )
@@ -219,11 +220,7 @@ def pipeline(tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("dvc-pipeline")
     env = tool_env(tmp)
-    repo = init_repo(tmp / "repo", env)
-    for name in ("dvc.yaml", ".dvcignore", ".gitignore"):
-        shutil.copy(REPO / name, repo / name)
-    shutil.copytree(REPO / "configs", repo / "configs")
-    shutil.copytree(REPO / "egnet", repo / "egnet", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    repo = project_repo(tmp / "repo", env)
     _write_params(repo / "params.yaml")
     synthesize(repo / "data" / "nightcity", num=12, seed=5, size=(256, 128), workers=1)
     dvc(repo, env, "add", "-q", "data/nightcity")

@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 
 import pytest
 import yaml
 
 from tests.support import REPO
-from tests.support.dvc import commit, dvc, init_repo, tool_env
+from tests.support.dvc import commit, dvc, project_repo, tool_env
 
 #: explicit edits (each differs from the base): tiny data and a schedule of seconds
 TINY_EDITS = {
@@ -41,11 +40,7 @@ def test_exp_run_set_changes_the_lr_under_the_quick_profile(tmp_path):
     assert quick["train"]["lr"] not in (LR, None)     # else the test could not tell the layers apart
 
     env = tool_env(tmp_path)
-    repo = init_repo(tmp_path / "repo", env)
-    for name in ("dvc.yaml", ".dvcignore", ".gitignore"):
-        shutil.copy(REPO / name, repo / name)
-    shutil.copytree(REPO / "configs", repo / "configs")
-    shutil.copytree(REPO / "egnet", repo / "egnet", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    repo = project_repo(tmp_path / "repo", env)
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["profile"] = "quick"
     for section, values in TINY_EDITS.items():

@@ -121,8 +121,13 @@ def test_key_outputs_and_helpers(tmp_path):
         "champion's evidence covers these test images"
     assert key_output("resolve-data", {"commit": "0123456789abcdef0123", "data_key": "git:x"}, {}) == \
         "data at commit 0123456789ab"
-    assert _gate_row("rule mIoU: lower bound -0.0123 > +0.0000: FAIL") == \
-        "mIoU: lower bound -0.0123 > +0.0000"
+    # the gate's rule lines (egnet/registry/promotion.py) in a few words
+    assert _gate_row("rule mIoU: champion 0.8000 -> challenger 0.8100, difference +0.0100, 90% CI "
+                     "[-0.0080, +0.0260]; lower bound > +0.0000 (register.min_delta_miou): FAIL") == \
+        "mIoU +0.0100, 90% CI [-0.0080, +0.0260], needs lower bound > +0.0000"
+    assert _gate_row("rule EF1 per bin: drops by more than 0.0200 (register.max_bin_ef1_drop) in "
+                     "[0.9,1.0] (-0.0289): FAIL") == \
+        "EF1 per bin: drops by more than 0.0200 in [0.9,1.0] (-0.0289)"
     assert [duration(s) for s in (0.04, 59.94, 61, 3725)] == ["0.0s", "59.9s", "1m01s", "1h02m"]
     assert failure_tail(["a", "Traceback (most recent call last):", "  File x", "ValueError: y"]) == \
         ["a", "ValueError: y"]

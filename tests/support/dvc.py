@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import BIN
+from tests.support import BIN, REPO
 
 
 def tool_env(tmp: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -66,6 +66,19 @@ def init_repo(path: Path, env: dict[str, str]) -> Path:
     git(path, env, "init", "-q", "-b", "main")
     dvc(path, env, "init", "-q")
     return path
+
+
+def project_repo(path: Path, env: dict[str, str]) -> Path:
+    """:func:`init_repo` holding this project's dvc.yaml, .dvcignore, .gitignore, configs/ and
+    egnet/ (what `dvc repro` / `dvc exp run` run); params.yaml is the caller's to write."""
+    import shutil
+
+    repo = init_repo(path, env)
+    for name in ("dvc.yaml", ".dvcignore", ".gitignore"):
+        shutil.copy(REPO / name, repo / name)
+    shutil.copytree(REPO / "configs", repo / "configs")
+    shutil.copytree(REPO / "egnet", repo / "egnet", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    return repo
 
 
 def commit(path: Path, env: dict[str, str], message: str) -> str:
