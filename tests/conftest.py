@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from tests.support import PARAMS, SMALL_SIZE, mlflow_env_restored, tiny_args
-from tests.support.http import Request, Stub, start_stub
+from tests.support.http_stub import Request, Stub, start_stub
 from tests.support.services import (
     MlflowServer,
     MotoS3,
@@ -132,7 +132,7 @@ def make_checkpoint():
 
 @pytest.fixture
 def json_stub() -> Iterator[Callable[[Callable[[Request], tuple[int, Any]]], Stub]]:
-    """``json_stub(handle) -> Stub``: a loopback JSON API stub, started (tests/support/http.py);
+    """``json_stub(handle) -> Stub``: a loopback JSON API stub, started (tests/support/http_stub.py);
     stopped at the end of the test."""
     servers: list[ThreadingHTTPServer] = []
     yield lambda handle: start_stub(handle, servers)

@@ -338,7 +338,7 @@ def key_output(step: str, outputs: dict[str, Any], last: dict[str, str]) -> str:
         commit = outputs.get("commit")
         if commit:
             return f"data at commit {str(commit)[:12]}"
-        return f"data path, key {outputs.get('data_key', '?')}"
+        return "no data repo: the data path as it is"
     if step == "materialise":
         m = _meta(outputs, "data")
         return f"{m.get('data_version', '?')} at {shown(Path(m.get('root', '?')))}"
@@ -380,10 +380,10 @@ def key_output(step: str, outputs: dict[str, Any], last: dict[str, str]) -> str:
     if step == "register":
         m = _meta(outputs, "registration")
         return f"{m.get('name')} v{_int(m.get('version'))} (alias challenger)"
-    if step == "champion-check":
-        return {"ready": "champion's evidence covers these test images",
-                "reevaluate": "the champion was tested on other data: re-evaluate it"}.get(
-                    str(outputs.get("Output")), str(outputs.get("Output", "")))
+    if step == "champion-check":                   # "like with like: <why>; <what happens>"
+        return last.get("line", "").removeprefix("like with like: ")
+    if step == "champion-ready":
+        return "nothing to re-evaluate"
     if step == "evaluate-champion":
         run = str(outputs.get("Output", "?"))[:12]
         return f"champion evaluated on this run's test data, MLflow run {run}"
@@ -391,6 +391,6 @@ def key_output(step: str, outputs: dict[str, Any], last: dict[str, str]) -> str:
         if outputs.get("Output") == "promote":
             return "passed: promote the challenger"
         return "refused: champion kept" + (f" ({last['fail']})" if last.get("fail") else "")
-    if step in ("promote", "finalize", "champion-ready"):
+    if step in ("promote", "finalize"):
         return last.get("line", "")
     return ""

@@ -98,7 +98,9 @@ def test_placeholders_stop_make_image_and_real_pins_pass(tmp_path):
     (tmp_path / "requirements" / "torch-cpu.lock").write_text(torch_lock.replace("UNRESOLVED", digest))
     assert problems(tmp_path) == []
     if shutil.which("make"):
-        proc = subprocess.run(["make", "-n", "image"], cwd=REPO, capture_output=True, text=True, timeout=60)
+        # --no-print-directory: under `make test` this make is a sub-make, which prints "Entering directory"
+        proc = subprocess.run(["make", "--no-print-directory", "-n", "image"], cwd=REPO, capture_output=True,
+                              text=True, timeout=60)
         assert proc.stdout.splitlines()[0].endswith("tools/check_pins.py"), "checked before any docker build"
 
 

@@ -32,7 +32,7 @@ from egnet.pipeline import steps as kfp_steps
 from egnet.pipeline import trainjob as tj
 from tests.pipeline.test_trainjob import FakeClock, FakeK8s, cond, manifest
 from tests.support import PARAMS, REPO
-from tests.support.http import Request
+from tests.support.http_stub import Request
 from tests.support.k8s import TRAINJOB_SCHEMA, crd_errors
 
 JOB = "egnet-train-0123456789"

@@ -117,8 +117,9 @@ def test_key_outputs_and_helpers(tmp_path):
     assert key_output("register", {"registration": Art(name="m", version=3.0)}, {}) == \
         "m v3 (alias challenger)"
     assert key_output("gate", {"Output": "promote"}, {}) == "passed: promote the challenger"
-    assert key_output("champion-check", {"Output": "ready"}, {}) == \
-        "champion's evidence covers these test images"
+    assert key_output("champion-check", {"Output": "ready"},
+                      {"line": "like with like: no champion to compare with; nothing to re-evaluate"}) == \
+        "no champion to compare with; nothing to re-evaluate"
     assert key_output("resolve-data", {"commit": "0123456789abcdef0123", "data_key": "git:x"}, {}) == \
         "data at commit 0123456789ab"
     # the gate's rule lines (egnet/registry/promotion.py) in a few words

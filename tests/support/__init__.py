@@ -6,7 +6,10 @@ modules, one topic each: ``data`` (hand-made datasets), ``services`` (moto S3, `
 PostgreSQL), ``dvc`` (temporary git+DVC repositories), ``k8s`` (rendering k8s/ with the real
 kubectl and validating it), ``egnet_no_dropout`` (a script), ``evidence`` (hand-made per-image
 counts for the promotion gate), ``host_syncs`` (counting the calls that make the host wait for
-the device) and ``count_host_syncs`` (``egnet`` with that counter, a script).
+the device), ``count_host_syncs`` (``egnet`` with that counter, a script), ``operators`` (each
+node's command and environment as the Kubeflow controllers build them) and ``http_stub`` (a
+loopback JSON API that records its calls; not ``http``: the scripts here run with this folder
+first on sys.path, where that name would hide the standard library's).
 """
 
 from __future__ import annotations
