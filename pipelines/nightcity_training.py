@@ -74,10 +74,7 @@ OPTIONAL_KEYS = ("EGNET_REGISTRY_LOCK", "MLFLOW_UI_URL")
 S3_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 MLFLOW_KEYS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
 
-#: the ``pipeline`` params the train step (and the exit handler) need to build / find a TrainJob / PyTorchJob
-#: resource tiers: params.yaml prefix -> steps (the GPU tier is cpu_request/... without prefix)
-TIERS = {"data_": ("materialise", "validate", "split", "stats", "drift", "register"),
-         "step_": ("resolve-data", "train-resources", "gate", "promote", "finalize")}
+#: the CPU/memory fields of a step's resources (the tiers in params.yaml's ``pipeline`` section)
 RESOURCES = ("cpu_request", "cpu_limit", "memory_request", "memory_limit")
 
 
