@@ -212,27 +212,25 @@ def score(pred_dir: str | Path, root: str | Path, stems: Sequence[str], size: tu
     per_task = max(1, min(8, len(jobs) // (4 * nproc)))  # small tasks: no worker idles long at the end
     chunks = [jobs[i:i + per_task] for i in range(0, len(jobs), per_task)]
     work = functools.partial(_chunk_counts, size=size)
+    if nproc == 1:
+        results: Iterator[tuple[torch.Tensor, torch.Tensor, int, int]] = map(work, chunks)
+    else:
+        # the pool before the bar (tqdm's monitor is a thread: core.files.pool_context); a bad file
+        # raises in its worker, comes back here and terminates the pool
+        pool = pool_context(preload=(__name__,)).Pool(nproc, initializer=_worker_init)
+        results = pool.imap(work, chunks)
     bar = tqdm(total=len(jobs), desc="score", unit="img", disable=None)
     try:
-        if nproc == 1:
-            results: Iterator[tuple[torch.Tensor, torch.Tensor, int, int]] = map(work, chunks)
-        else:
-            # fork where safe (core.files.pool_context); a bad file raises in its worker, comes
-            # back here and terminates the pool
-            pool = pool_context().Pool(nproc, initializer=_worker_init)
-            results = pool.imap(work, chunks)
-        try:
-            for counts, ids_seen, was_resized, n in results:
-                raw += counts
-                seen += ids_seen
-                resized += was_resized
-                bar.update(n)
-        finally:
-            if nproc > 1:
-                pool.terminate()
-                pool.join()
+        for counts, ids_seen, was_resized, n in results:
+            raw += counts
+            seen += ids_seen
+            resized += was_resized
+            bar.update(n)
     finally:
         bar.close()
+        if nproc > 1:
+            pool.terminate()
+            pool.join()
 
     values = {CODE_VALUE[int(k)] for k in torch.nonzero(seen).flatten()}
     kind = detect_ids(values, ids)

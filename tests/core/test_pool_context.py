@@ -20,7 +20,7 @@ def test_fork_only_when_this_process_runs_one_thread() -> None:
     extra = threading.Thread(target=stop.wait, daemon=True)
     extra.start()
     try:
-        ctx = pool_context()
+        ctx = pool_context(preload=("egnet.core.files",))   # the fork server imports it once
         assert ctx.get_start_method() == "forkserver"
         with ctx.Pool(2) as pool:
             assert pool.map(_square, range(5)) == [0, 1, 4, 9, 16]
