@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -102,6 +103,20 @@ def cpu_workers(requested: int) -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def _stop_tqdm_monitor() -> None:
+    """Stop tqdm's monitor thread and start no other in this process. The first progress bar
+    starts it (it only refreshes bars that stall); alive, it sends every later pool of the process
+    to the fork server, whose first start costs ~2.6 s against 0.04 s for fork (`egnet score`
+    scoring a second time in one process). Bars refresh on their updates as before."""
+    tq = sys.modules.get("tqdm")
+    if tq is None:
+        return
+    tq.tqdm.monitor_interval = 0
+    if tq.tqdm.monitor is not None:
+        tq.tqdm.monitor.exit()
+        tq.tqdm.monitor = None
+
+
 def pool_context(preload: tuple[str, ...] = ()) -> Any:
     """The multiprocessing context of the process pools: ``fork`` while this process runs one
     thread (workers start in milliseconds with the modules already imported), ``forkserver``
@@ -111,6 +126,7 @@ def pool_context(preload: tuple[str, ...] = ()) -> Any:
     import multiprocessing
     import threading
 
+    _stop_tqdm_monitor()
     if threading.active_count() == 1:
         return multiprocessing.get_context("fork")
     ctx = multiprocessing.get_context("forkserver")

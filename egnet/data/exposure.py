@@ -25,6 +25,11 @@ BIN_OF_VALUE = np.minimum(np.arange(256) * 10 // 255, NUM_BINS - 1).astype(np.ui
 
 
 def _max_rgb(image: np.ndarray) -> np.ndarray:
+    if image.ndim == 3 and image.dtype == np.uint8 and image.flags.c_contiguous:
+        # OpenCV's split and max (SIMD): 0.75 vs 0.9 ms per 1024x512 image for NumPy's strided
+        # maximum below (benchmarks/bench_metrics.py measures the whole `egnet score` step)
+        b, g, r = cv2.split(image)
+        return cv2.max(cv2.max(b, g), r)
     # max of three slices: ~30x faster than image.max(axis=2) over the 3-long last axis
     return np.maximum(np.maximum(image[..., 0], image[..., 1]), image[..., 2])
 

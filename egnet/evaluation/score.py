@@ -209,7 +209,7 @@ def score(pred_dir: str | Path, root: str | Path, stems: Sequence[str], size: tu
     resized = 0
     jobs = [(p, preds[p.stem]) for p in pairs]
     nproc = max(1, min(workers, len(jobs)))
-    per_task = max(1, min(8, len(jobs) // (4 * nproc)))  # small tasks: no worker idles long at the end
+    per_task = max(1, min(8, len(jobs) // (16 * nproc)))  # small tasks: no worker idles long at the end
     chunks = [jobs[i:i + per_task] for i in range(0, len(jobs), per_task)]
     work = functools.partial(_chunk_counts, size=size)
     if nproc == 1:

@@ -61,3 +61,12 @@ def test_inverse_mapping_palette_and_names():
         assert tuple(labels.colorize(np.array([[t]]))[0, 0]) == trainId2label[int(t)].color
     assert labels.to_label_ids(np.array([255]))[0] == 0
     assert labels.unknown_ids(np.array([[0, 7, 34, 99]], dtype=np.uint8)) == [34, 99]
+
+
+def test_bins_take_the_max_channel_wherever_it_is_contiguous_or_not():
+    """OpenCV's split/max path (contiguous images) and NumPy's (views) against ``img.max(2)``."""
+    img = np.random.default_rng(1).integers(0, 256, size=(29, 41, 3), dtype=np.uint8)
+    for im in (img, img[..., ::-1], img[:, ::2]):
+        expected = np.minimum(im.max(2).astype(np.int64) * 10 // 255, 9)
+        assert np.array_equal(exposure.bin_index(im), expected)
+        np.testing.assert_allclose(exposure.value_map(im), im.max(2) / 255.0, rtol=1e-6)

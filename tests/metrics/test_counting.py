@@ -88,6 +88,25 @@ def test_count_pixels_columns_and_ignored() -> None:
         count_pixels(torch.from_numpy(bins), torch.from_numpy(gt), torch.from_numpy(cols + 1), C, 22)
 
 
+@pytest.mark.parametrize(("classes", "num_cols"), [(19, 36), (19, 64), (30, 22), (40, 200)])
+def test_count_pixels_with_many_classes_or_columns_equals_numpy(classes, num_cols) -> None:
+    """Both CPU index layouts: (bin, gt) and (column, lane) packed in one byte each (up to 21
+    classes and 64 columns), and the plain int32 index beyond."""
+    rng = np.random.default_rng(classes + num_cols)
+    gt = rng.integers(0, classes, (2, 31, 47))
+    gt[rng.random(gt.shape) < 0.1] = 255
+    cols = rng.integers(0, num_cols, gt.shape)
+    cols[:, :4] = num_cols - 1                            # runs, and the last column
+    bins = rng.integers(0, 10, gt.shape)
+    counts, ignored = count_pixels(*(torch.from_numpy(x.astype(np.uint8)) for x in (bins, gt, cols)),
+                                   classes, num_cols)
+    ref = np.zeros((10, classes, num_cols), np.int64)
+    keep = gt != 255
+    np.add.at(ref, (bins[keep], gt[keep], cols[keep]), 1)
+    assert np.array_equal(counts.numpy(), ref)
+    assert np.array_equal(ignored.numpy(), np.bincount(cols[~keep], minlength=num_cols))
+
+
 class SyncCounter:
     """Counts the calls that make a host wait for a device: reading a value (item, tolist, bool,
     int, float), copying to the host (cpu, numpy) or a blocking ``to``."""
