@@ -1,4 +1,4 @@
-"""Registry hardening: the cross-process lock (file and S3 lease), 8 racing register+promote
+"""Registry hardening: the cross-process lock (file and S3 lease), 5 racing register+promote
 processes against a real `mlflow server` on each backend store (sqlite, PostgreSQL), and
 `egnet register` killed between logging the model and registering it.
 
@@ -31,7 +31,7 @@ from egnet.tracking.registered import CHALLENGER, CHAMPION, PREVIOUS
 from tests.support import BIN, REPO, subprocess_env, tiny_args
 from tests.support.evidence import log_evidence
 
-RACERS = 8
+RACERS = 5
 LOGGING_RACERS = 2  # of the RACERS, these log their model (pickle: seconds of CPU each) while racing
 
 # A child process: take the lock, write "start <id>", pause, write "end <id>", release.
@@ -189,7 +189,7 @@ def _decisions(client, name: str) -> list[dict]:
 @pytest.mark.s3
 def test_racing_register_and_promote_leave_one_explained_champion(mlflow_backend, s3_env, cheap_runs,
                                                                   tmp_path) -> None:
-    """8 processes `egnet register ... && egnet promote --version <theirs>` on different runs at
+    """5 processes `egnet register ... && egnet promote --version <theirs>` on different runs at
     once, serialised by the S3 lease: one champion (the best run), a previous-champion that is
     not the champion, one version per run, and a decision history that explains every move."""
     import mlflow

@@ -204,11 +204,26 @@ def _workers(agent: int) -> list[int]:
     return [p.pid for p in psutil.Process(agent).children() if "egnet.cli" in p.cmdline()]
 
 
-@pytest.mark.parametrize("kind", ["trainjob", "pytorchjob"])
+def test_pytorchjob_elastic_policy_reaches_torchrun_as_the_operator_sets_it(synth_root, split_dir):
+    """The restart below runs live on the TrainJob (the cluster path the docs lead with; 50 s).
+    The PyTorchJob carries ``train.max_restarts`` as elasticPolicy, which Training Operator v1.9
+    hands to torchrun as PET_* variables (tests/support/operators.py, from its Go source): the
+    two-node test runs torchrun from exactly these, and the restart itself is torchrun's."""
+    manifest = render("pytorchjob", synth_root, split_dir, "s3://b/runs/x", "e")
+    assert manifest["spec"]["elasticPolicy"]["maxRestarts"] == 3
+    cm = {"egnet-endpoints": dict.fromkeys(
+        ("MLFLOW_TRACKING_URI", "S3_BUCKET", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL"), "x")}
+    secrets = {"egnet-s3": dict.fromkeys(("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"), "x")}
+    for _, env in local_pods(manifest, configmaps=cm, secrets=secrets, port=free_port()):
+        assert env["PET_MAX_RESTARTS"] == "3" and env["PET_RDZV_BACKEND"] == "c10d", env
+        assert env["PET_NNODES"] == "2:2" and env["TORCH_DISABLE_SHARE_RDZV_TCP_STORE"] == "1", env
+
+
+@pytest.mark.parametrize("kind", ["trainjob"])
 def test_a_killed_worker_restarts_the_group_which_resumes_and_ends_bit_identical(
         kind, synth_root, split_dir, moto_s3, mlflow_server, reference, cluster, monkeypatch):
     """``train.max_restarts`` in the manifest (TrainJob: torchrun --max-restarts with a c10d
-    rendezvous on node 0; PyTorchJob: elasticPolicy.maxRestarts -> PET_MAX_RESTARTS, c10d):
+    rendezvous on node 0; the PyTorchJob's elasticPolicy is checked above, without a run):
     node 1's worker process is SIGKILLed after the first checkpoint. Its agent restarts its
     worker, node 0's agent restarts its own (the rendezvous has a node waiting, or its worker
     failed on the broken collective), the group resumes from the last checkpoint and finishes:
