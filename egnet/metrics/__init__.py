@@ -44,18 +44,18 @@ AVERAGES = ("weighted", "macro", "micro")
 #: data); with the pixel's position mod LANES as the lowest index digit, neighbours hit different
 #: counters. The lanes are summed afterwards (a table of a few thousand entries).
 LANES = 4
-_LANE_PATTERNS: dict[tuple[int, torch.dtype], torch.Tensor] = {}
+_LANE_PATTERNS: dict[int, torch.Tensor] = {}  # image size -> lane of each pixel
 _SCRATCH = threading.local()  # per thread: the counting pass's work buffers, reused across images
 
 
 def _lane_pattern(n: int) -> torch.Tensor:
     """uint8 0, 1, ..., LANES-1, 0, 1, ... (``n`` values), made once per image size."""
-    pattern = _LANE_PATTERNS.get((n, torch.uint8))
+    pattern = _LANE_PATTERNS.get(n)
     if pattern is None:
         if len(_LANE_PATTERNS) >= 8:
             _LANE_PATTERNS.clear()
         pattern = (torch.arange(n, dtype=torch.int32) % LANES).to(torch.uint8)
-        _LANE_PATTERNS[(n, torch.uint8)] = pattern
+        _LANE_PATTERNS[n] = pattern
     return pattern
 
 
