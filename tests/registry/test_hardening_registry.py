@@ -1,5 +1,5 @@
 """Registry hardening: the cross-process lock (file and S3 lease), 5 racing register+promote
-processes against a real `mlflow server` on each backend store (sqlite, PostgreSQL), and
+processes against a real `mlflow server` on its PostgreSQL backend store, and
 `egnet register` killed between logging the model and registering it.
 
 The racing processes register cheap runs: MLflow runs made here, each with an untrained
@@ -186,14 +186,18 @@ def _decisions(client, name: str) -> list[dict]:
 
 @pytest.mark.slow
 @pytest.mark.mlflow
+@pytest.mark.postgres
 @pytest.mark.s3
-def test_racing_register_and_promote_leave_one_explained_champion(mlflow_backend, s3_env, cheap_runs,
+def test_racing_register_and_promote_leave_one_explained_champion(mlflow_postgres_server, s3_env, cheap_runs,
                                                                   tmp_path) -> None:
     """5 processes `egnet register ... && egnet promote --version <theirs>` on different runs at
     once, serialised by the S3 lease: one champion (the best run), a previous-champion that is
-    not the champion, one version per run, and a decision history that explains every move."""
+    not the champion, one version per run, and a decision history that explains every move.
+    Against the PostgreSQL store, the one a cluster runs (the lock does not depend on the store;
+    the sequential registry tests run on both stores)."""
     import mlflow
 
+    mlflow_backend = mlflow_postgres_server
     uri = mlflow_backend.uri
     exp, runs = cheap_runs(uri, tmp_path, RACERS + 1, prelogged=RACERS + 1 - LOGGING_RACERS)
     name = f"race-{mlflow_backend.backend}-{uuid.uuid4().hex[:6]}"
