@@ -113,15 +113,17 @@ def _range_u8(x: torch.Tensor, hi: int, what: str, stray: int) -> torch.Tensor:
     return torch.where((x >= 0) & (x <= 255), x, stray).to(torch.uint8)
 
 
-def _index_cpu(bins: torch.Tensor, g: torch.Tensor, cols: torch.Tensor, r: int, k: int,
+def _index_cpu(bins: torch.Tensor, target: torch.Tensor, cols: torch.Tensor, r: int, k: int,
                col_max: int, dtype: torch.dtype) -> torch.Tensor:
-    """The CPU counting index of uint8 ``g`` (gt row 0..r-1, overwritten), ``bins`` and ``cols``:
-    ((bin * r + g) * k + col) * LANES + lane, in ``dtype``. Every operation has one dtype (a mixed
-    one would make PyTorch allocate a converted copy of its uint8 operand per call): the
-    (bin, gt) pair and the (col, lane) pair are packed in uint8 each, then two casts into
+    """The CPU counting index of flat uint8 ``bins``, ``target`` and ``cols``:
+    ((bin * r + gt row) * k + col) * LANES + lane, in ``dtype``. Every operation has one dtype
+    (a mixed one would make PyTorch allocate a converted copy of its uint8 operand per call):
+    the (bin, gt) pair and the (col, lane) pair are packed in uint8 each, then two casts into
     ``dtype`` buffers and one fused multiply-add."""
-    n = g.numel()
-    clamp_b, low, _, idx, tmp = _scratch(n, dtype)
+    n = target.numel()
+    clamp_b, low, g, idx, tmp = _scratch(n, dtype)
+    torch.add(target, 1, out=g)                           # uint8 wraps: 255 (ignore) -> row 0
+    g.clamp_(max=r - 1)                                   # classes -> 1..C, any other value -> C+1
     # a max costs a quarter of a clamp: spare the clamp when nothing is out of range
     bb = bins if int(bins.max()) < NUM_BINS else torch.clamp(bins, max=NUM_BINS, out=clamp_b)
     g.add_(bb, alpha=r)                                   # (bin, gt) <= 11 * 21 - 1 = 230
@@ -151,13 +153,10 @@ def _table(bins: torch.Tensor, target: torch.Tensor, cols: torch.Tensor, num_cla
     if n == 0:
         return torch.zeros(nb, r, k, dtype=torch.int64, device=bins.device)
     bins, target, cols = (x.reshape(-1) for x in (bins, target, cols))
-    if cpu and nb * r <= 256 and k * LANES <= 256:    # the common case: classes and columns < 63
+    if cpu and nb * r <= 256 and k * LANES <= 256:    # up to 21 classes and 63 columns
         size = nb * r * k * LANES
         dtype = torch.int16 if size <= torch.iinfo(torch.int16).max else torch.int32
-        g = _scratch(n, dtype)[2]
-        torch.add(target, 1, out=g)                  # uint8 arithmetic wraps: 255 (ignore) -> 0
-        g.clamp_(max=r - 1)                          # classes -> 1..C, any other value -> C+1
-        idx = _index_cpu(bins, g, cols, r, k, col_max, dtype)
+        idx = _index_cpu(bins, target, cols, r, k, col_max, dtype)
         return torch.bincount(idx, minlength=size).view(nb, r, k, LANES).sum(-1)
     # the accelerator (or many classes): no lanes, an int32 index from uint8 codes, index_add_
     # (CUDA's bincount reads its input's max on the host: a sync; index_add_ does not)

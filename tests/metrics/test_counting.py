@@ -91,7 +91,7 @@ def test_count_pixels_columns_and_ignored() -> None:
 @pytest.mark.parametrize(("classes", "num_cols"), [(19, 36), (19, 64), (30, 22), (40, 200)])
 def test_count_pixels_with_many_classes_or_columns_equals_numpy(classes, num_cols) -> None:
     """Both CPU index layouts: (bin, gt) and (column, lane) packed in one byte each (up to 21
-    classes and 64 columns), and the plain int32 index beyond."""
+    classes and 63 columns), and the plain int32 index beyond (64 columns is the first)."""
     rng = np.random.default_rng(classes + num_cols)
     gt = rng.integers(0, classes, (2, 31, 47))
     gt[rng.random(gt.shape) < 0.1] = 255
