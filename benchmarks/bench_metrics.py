@@ -16,13 +16,15 @@ image, side by side on the same files:
    argmax to uint8 on the device), and int64 for all three inputs (an argmax and int64
    labels, as a caller may pass them): the counterpart of 3.
 
-Conditions (printed): one thread everywhere in this process (``OMP_NUM_THREADS=1``,
-``torch.set_num_threads(1)``), cityscapesscripts on the path it takes here (``CSUPPORT``: its
-Cython counting, if built, else NumPy). Each image's time is the fastest of ``--repeat``
-runs (the machine may be shared). Also runs ``evaluateImgLists`` (one process: it has no
-other mode) and ``egnet.evaluation.score.score`` (``--workers`` processes) twice each, taking
-turns, end to end, and checks that every mIoU equals cityscapesscripts'. Images carry photo-like
-sensor noise so PNG decoding costs what a real photo does (~1 MB PNG).
+Conditions (printed): the CPU model, the library versions, one thread everywhere in this process
+(``OMP_NUM_THREADS=1``, ``torch.set_num_threads(1)``), cityscapesscripts on the path it takes here
+(``CSUPPORT``: its Cython counting, if built, else NumPy), and how fast NumPy sorts here: without
+``CSUPPORT`` cityscapesscripts counts with ``np.unique`` (a sort), so the ratios move with the CPU
+(seen: 2.80 ms vs 7.15 ms for its counting of one image on two 2-core machines). Each image's time
+is the fastest of ``--repeat`` runs (the machine may be shared). Also runs ``evaluateImgLists`` (one
+process: it has no other mode) and ``egnet.evaluation.score.score`` (``--workers`` processes) twice
+each, taking turns, end to end, and checks that every mIoU equals cityscapesscripts'. Images carry
+photo-like sensor noise so PNG decoding costs what a real photo does (~1 MB PNG).
 """
 
 from __future__ import annotations
@@ -137,6 +139,32 @@ def load_arrays(root: Path, preds: Path, stems: list[str]) -> list[tuple[np.ndar
     return out
 
 
+def machine() -> str:
+    """CPU model, library versions, load, and NumPy's sort time of 512K int32 (what
+    cityscapesscripts' NumPy counting spends most of its time in)."""
+    import platform
+    from importlib.metadata import version
+
+    model = platform.processor() or "?"
+    try:
+        model = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
+                     if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    vals = np.random.default_rng(0).integers(0, 34 * 34, 512 * 1024).astype(np.int32)
+    sort_ms = min(_timed(lambda: np.sort(vals)) for _ in range(5)) * 1000
+    libs = ", ".join(f"{name} {version(name)}" for name in
+                     ("numpy", "torch", "opencv-python-headless", "pillow", "cityscapesscripts"))
+    return (f"CPU {model} ({os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}); {libs}; "
+            f"np.sort of 512K int32 {sort_ms:.1f} ms")
+
+
+def _timed(fn: Callable[[], object]) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
 def per_image(steps: dict[str, Callable[[int], object]], num: int, repeat: int) -> dict[str, float]:
     """Seconds per step for images 0..num-1, each image's time the fastest of ``repeat`` runs.
 
@@ -177,6 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         pairs = layout.select(layout.pairs_by_stem(root), stems, "bench")
         cs, args = cs_args(Path(tmp) / "cs.json")
         workers = cpu_workers(a.workers)
+        print(f"machine: {machine()}")
         print(f"conditions: cityscapesscripts CSUPPORT={cs.CSUPPORT}; this process: torch threads "
               f"{torch.get_num_threads()}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}; "
               f"egnet score whole run: {workers} worker process(es) of one thread; cores {os.cpu_count()}")
