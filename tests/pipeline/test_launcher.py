@@ -1,5 +1,5 @@
 """The train step's launcher against a loopback stub of the Kubernetes API: what a cluster run needs
-beyond create-and-wait (egnet/pipeline/jobs.py, egnet/pipeline/steps.py finalize_run).
+beyond create-and-wait (egnet/pipeline/jobs.py, egnet/pipeline/steps/finalize.py finalize_run).
 
 - SIGTERM (KFP "Terminate run", a run deadline, a drained node) deletes the job and the step
   exits 143: a real subprocess gets a real signal.
