@@ -9,11 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import egnet.metrics as em
 from egnet.cli import main
 from egnet.core.errors import DataError
 from egnet.evaluation.per_image import PerImageCounts, read_per_image, write_per_image
-from egnet.metrics import image_scores, metrics_from_counts
+from egnet.metrics import counting, image_scores, metrics_from_counts
 from tests.support import tiny_args
 
 
@@ -25,8 +24,8 @@ def checkpoint(make_checkpoint, tmp_path_factory) -> Path:
 def test_evaluate_writes_the_per_image_counts_it_scored_with_one_pass_per_image(
         synth_root, split_dir, checkpoint, tmp_path, monkeypatch) -> None:
     passes = []
-    real = em._table
-    monkeypatch.setattr(em, "_table", lambda *a, **k: passes.append(1) or real(*a, **k))
+    real = counting.count_table
+    monkeypatch.setattr(counting, "count_table", lambda *a, **k: passes.append(1) or real(*a, **k))
     out = tmp_path / "eval"
     assert main(["evaluate", "--data", str(synth_root), "--split", str(split_dir), "--model", str(checkpoint),
                  "--out", str(out),

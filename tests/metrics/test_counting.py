@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-import egnet.metrics as em
-from egnet.metrics import ExposureConfusion, count_pixels
+from egnet.metrics import ExposureConfusion, count_pixels, counting
 
 C = 19
 
@@ -135,7 +134,7 @@ def test_accelerator_path_counts_the_same_without_a_host_sync(monkeypatch, dtype
         sync = SyncCounter(m)
         cpu.update(*(torch.from_numpy(x).to(dtype) for x in (pred, gt, bins)))
         assert sync.calls, "the CPU path reads its counts to check them: the counter must see that"
-    monkeypatch.setattr(em, "_on_cpu", lambda x: False)
+    monkeypatch.setattr(counting, "on_cpu", lambda x: False)
     dev = ExposureConfusion()
     inputs = [tuple(torch.from_numpy(x[i]).to(dtype) for x in (pred, gt, bins)) for i in range(2)]
     sync = SyncCounter(monkeypatch)
@@ -145,7 +144,7 @@ def test_accelerator_path_counts_the_same_without_a_host_sync(monkeypatch, dtype
     monkeypatch.undo()
     assert torch.equal(dev.table, cpu.table) and dev.num_images == 2
     # a bad value is counted aside on the device and raises when the counts are read
-    monkeypatch.setattr(em, "_on_cpu", lambda x: False)
+    monkeypatch.setattr(counting, "on_cpu", lambda x: False)
     bad = gt.copy()
     bad[0, 0, 0] = 77
     dev.update(*(torch.from_numpy(x).to(dtype) for x in (pred, bad, bins)))
