@@ -18,7 +18,8 @@ CoreV1Api; :func:`run_job` is the launcher's whole life:
 - **logs**: rank 0's log lines are relayed into the step's log (``[rank0] ...``) and every pod
   problem (a container that exited non-zero, OOMKilled, CrashLoopBackOff, an image pull
   error, an unschedulable pod, an eviction) is one line, with the tail of the failed
-  container's log; the last one is named when the job fails, so the KFP UI tells why.
+  container's log; the last one is named when the job fails, so the KFP UI tells why
+  (:mod:`egnet.pipeline.pods`).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from egnet.core.errors import ConfigError, DataError
+from egnet.pipeline.pods import PodWatch, completion_index
 from egnet.pipeline.trainjob import KINDS, RUN_LABEL
 
 SA_NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
@@ -48,12 +50,8 @@ POD_SELECTORS = {
                    "training.kubeflow.org/replica-index=0"),
 }
 CONTAINER = {"trainjob": "node", "pytorchjob": "pytorch"}
-COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
 EXIT_SIGTERM = 143
 HOW = {"created": "created", "attached": "re-attached to existing", "recreated": "re-created"}
-#: container waiting reasons worth a line (the others are transient: ContainerCreating, PodInitializing)
-WAITING_PROBLEMS = ("CrashLoopBackOff", "ImagePullBackOff", "ErrImagePull", "CreateContainerConfigError",
-                    "CreateContainerError", "InvalidImageName", "RunContainerError")
 
 
 # --------------------------------------------------------------------------- status
@@ -130,7 +128,7 @@ class TrainingJobs:
             namespace = SA_NAMESPACE_FILE.read_text().strip() if SA_NAMESPACE_FILE.exists() else "default"
         return cls(client.CustomObjectsApi(), namespace, kind, client.CoreV1Api())
 
-    def _where(self, name: str) -> str:
+    def where(self, name: str) -> str:
         return f"{self.res['kind']} {self.namespace}/{name}"
 
     def get(self, name: str) -> dict[str, Any] | None:
@@ -143,7 +141,7 @@ class TrainingJobs:
         except ApiException as exc:
             if exc.status == 404:
                 return None
-            raise _api_error(f"get {self._where(name)}", exc) from None
+            raise _api_error(f"get {self.where(name)}", exc) from None
 
     def create(self, manifest: dict[str, Any]) -> dict[str, Any] | None:
         """Create ``manifest``; None if an object of that name exists (HTTP 409)."""
@@ -155,7 +153,7 @@ class TrainingJobs:
                 self.res["group"], self.res["version"], self.namespace, self.res["plural"], manifest)
         except ApiException as exc:
             if exc.status != 409:
-                raise _api_error(f"create {self._where(name)}", exc) from None
+                raise _api_error(f"create {self.where(name)}", exc) from None
         return None
 
     def create_or_attach(self, manifest: dict[str, Any], gone_timeout_s: float = 600.0, poll_s: float = 2.0,
@@ -178,11 +176,11 @@ class TrainingJobs:
             want = manifest["metadata"].get("labels", {}).get(RUN_LABEL)
             have = (existing.get("metadata") or {}).get("labels", {}).get(RUN_LABEL)
             if want != have:
-                raise ConfigError(f"{self._where(name)} exists and belongs to run {have!r}, not {want!r}")
+                raise ConfigError(f"{self.where(name)} exists and belongs to run {have!r}, not {want!r}")
             state = job_state(existing)
             if state.phase not in ("failed", "suspended"):
                 return existing, "attached"
-            log(f"{self._where(name)} is {state.phase}"
+            log(f"{self.where(name)} is {state.phase}"
                 + (f" ({state.detail})" if state.detail else "")
                 + ": deleting it to create it again (training resumes from its checkpoints)")
             self.delete(name)
@@ -190,7 +188,7 @@ class TrainingJobs:
             obj = self.create(manifest)
             if obj is not None:
                 return obj, "recreated"
-        raise DataError(f"{self._where(name)}: could not be created (it keeps reappearing)")
+        raise DataError(f"{self.where(name)}: could not be created (it keeps reappearing)")
 
     def wait_gone(self, name: str, timeout_s: float, poll_s: float = 2.0,
                   clock: Callable[[], float] = time.monotonic,
@@ -199,7 +197,7 @@ class TrainingJobs:
         deadline = clock() + timeout_s
         while self.get(name) is not None:
             if clock() >= deadline:
-                raise DataError(f"{self._where(name)} still exists {timeout_s:.0f} s after its deletion")
+                raise DataError(f"{self.where(name)} still exists {timeout_s:.0f} s after its deletion")
             sleep(poll_s)
 
     # ----------------------------------------------------------------------- pods and logs
@@ -214,10 +212,10 @@ class TrainingJobs:
         try:
             resp = self.core.list_namespaced_pod(self.namespace, label_selector=selector)
         except ApiException as exc:
-            raise _api_error(f"list pods of {self._where(name)}", exc) from None
+            raise _api_error(f"list pods of {self.where(name)}", exc) from None
         pods = [self.core.api_client.sanitize_for_serialization(p) for p in resp.items]
         if rank0 and self.kind == "trainjob":
-            pods = [p for p in pods if _completion_index(p) in (None, "0")]
+            pods = [p for p in pods if completion_index(p) in (None, "0")]
         return sorted(pods, key=lambda p: (p.get("metadata") or {}).get("creationTimestamp") or "")
 
     def log_text(self, pod: str, since_time: str | None = None, tail_lines: int | None = None,
@@ -257,25 +255,25 @@ class TrainingJobs:
             try:
                 obj = self.get(name)
             except DataError as exc:
-                log(f"{self._where(name)}: {exc} (retrying)")
+                log(f"{self.where(name)}: {exc} (retrying)")
                 obj = {}
             if obj is None:
-                raise DataError(f"{self._where(name)} disappeared while waiting for it")
+                raise DataError(f"{self.where(name)} disappeared while waiting for it")
             watch.poll()
             if obj:
                 state = job_state(obj)
                 if state != last:
-                    log(f"{self._where(name)}: {state.phase}"
+                    log(f"{self.where(name)}: {state.phase}"
                         + (f" ({state.detail})" if state.detail else ""))
                     last = state
                 if state.phase == "succeeded":
                     return state
                 if state.phase == "failed":
                     why = f"; {watch.last_problem}" if watch.last_problem else ""
-                    raise DataError(f"{self._where(name)} failed: {state.detail or 'no reason given'}{why} "
+                    raise DataError(f"{self.where(name)} failed: {state.detail or 'no reason given'}{why} "
                                     f"(kubectl -n {self.namespace} describe {self.res['plural']} {name})")
             if clock() >= deadline:
-                raise DataError(f"{self._where(name)} not finished after {timeout_s:.0f} s "
+                raise DataError(f"{self.where(name)} not finished after {timeout_s:.0f} s "
                                 f"(last state: {last.phase if last else 'unknown'}); it is left running")
             sleep(poll_s)
 
@@ -292,123 +290,7 @@ class TrainingJobs:
         except ApiException as exc:
             if exc.status == 404:
                 return False
-            raise _api_error(f"delete {self._where(name)}", exc) from None
-
-
-# --------------------------------------------------------------------------- pods
-
-
-def _completion_index(pod: dict[str, Any]) -> str | None:
-    meta = pod.get("metadata") or {}
-    labels, notes = meta.get("labels") or {}, meta.get("annotations") or {}
-    return labels.get(COMPLETION_INDEX) or notes.get(COMPLETION_INDEX)
-
-
-def pod_problems(pod: dict[str, Any]) -> list[tuple[str, str, bool]]:
-    """What is wrong with a pod, as (key, one line, container failed): a container that
-    terminated non-zero (now or before its last restart), a waiting reason that will not go
-    away by itself, an unschedulable pod, an evicted or failed pod. ``key`` identifies the
-    event (pod, container, restart), so a problem is reported once."""
-    meta, status = pod.get("metadata") or {}, pod.get("status") or {}
-    name = meta.get("name", "?")
-    out: list[tuple[str, str, bool]] = []
-    for c in status.get("containerStatuses") or []:
-        restarts = c.get("restartCount", 0)
-        state, last = c.get("state") or {}, c.get("lastState") or {}
-        for when, term, n in (("", state.get("terminated"), restarts),
-                              (" (before its restart)", last.get("terminated"), restarts - 1)):
-            if term and term.get("exitCode", 0) != 0:
-                detail = ": ".join(x for x in (term.get("reason"), (term.get("message") or "").strip()) if x)
-                out.append((f"{name}/{c.get('name')}/{n}/exit",
-                            f"pod {name}: container {c.get('name')} exited {term.get('exitCode')}{when}"
-                            + (f" ({detail})" if detail else ""), True))
-        waiting = state.get("waiting") or {}
-        if waiting.get("reason") in WAITING_PROBLEMS:
-            out.append((f"{name}/{c.get('name')}/{restarts}/{waiting['reason']}",
-                        f"pod {name}: container {c.get('name')} {waiting['reason']}"
-                        + (f": {waiting['message']}" if waiting.get("message") else ""), False))
-    for cond in status.get("conditions") or []:
-        if cond.get("type") == "PodScheduled" and cond.get("status") == "False" and cond.get("reason"):
-            out.append((f"{name}/scheduling/{cond.get('message')}",
-                        f"pod {name}: {cond['reason']}: {cond.get('message', '')}".rstrip(": "), False))
-    if status.get("phase") == "Failed" and status.get("reason"):
-        out.append((f"{name}/phase/{status['reason']}",
-                    f"pod {name}: {status['reason']}: {status.get('message', '')}".rstrip(": "), False))
-    return out
-
-
-def _ts_key(ts: str) -> str:
-    """An RFC 3339 timestamp with nanoseconds, comparable as a string (the kubelet trims zeros)."""
-    head, _, frac = ts.rstrip("Z").partition(".")
-    return f"{head}.{frac.ljust(9, '0')}"
-
-
-class PodWatch:
-    """Relays rank 0's new log lines and logs each new pod problem once (one poll per call)."""
-
-    def __init__(self, jobs: TrainingJobs, name: str, log: Callable[[str], None], first_lines: int = 200,
-                 failed_tail: int = 20):
-        self.jobs, self.name, self.log = jobs, name, log
-        self.first_lines, self.failed_tail = first_lines, failed_tail
-        self.seen: set[str] = set()
-        self.last_ts: str | None = None     # the newest rank-0 log line relayed
-        self.last_problem = ""
-        self.off = jobs.core is None        # no CoreV1Api, or no RBAC for pods: job status only
-
-    def poll(self) -> None:
-        if self.off:
-            return
-        try:
-            self._problems()
-            self._relay()
-        except DataError as exc:   # pods and logs are a help, never a reason to fail
-            self.log(f"pods of {self.jobs._where(self.name)}: {exc}")
-            if " 403 " in f"{exc} ":
-                self.off = True
-                self.log("no permission to read the job's pods and logs (Role egnet-pipeline: pods, "
-                         "pods/log); following the job's status only")
-
-    def _problems(self) -> None:
-        for pod in self.jobs.pods(self.name):
-            for key, line, failed in pod_problems(pod):
-                if key in self.seen:
-                    continue
-                self.seen.add(key)
-                self.last_problem = line
-                self.log(line)
-                if failed:
-                    self._tail(pod)
-
-    def _tail(self, pod: dict[str, Any]) -> None:
-        """The end of the log of a container that failed: the traceback is usually there."""
-        name = pod["metadata"]["name"]
-        statuses = (pod.get("status") or {}).get("containerStatuses") or []
-        previous = not any((c.get("state") or {}).get("terminated") for c in statuses)
-        try:
-            text = self.jobs.log_text(name, tail_lines=self.failed_tail, previous=previous)
-        except DataError:
-            return
-        for line in text.splitlines():
-            self.log(f"[{name}] {line.partition(' ')[2]}")
-
-    def _relay(self) -> None:
-        pods = self.jobs.pods(self.name, rank0=True)
-        running = [p for p in pods if any(set(c.get("state") or {}) & {"running", "terminated"}
-                                          for c in (p.get("status") or {}).get("containerStatuses") or [])]
-        if not running:   # not started yet: a waiting container has no log to read
-            return
-        pod = running[-1]["metadata"]["name"]
-        if self.last_ts is None:
-            text = self.jobs.log_text(pod, tail_lines=self.first_lines)
-        else:
-            text = self.jobs.log_text(pod, since_time=self.last_ts.split(".")[0] + "Z")
-        for line in text.splitlines():
-            ts, _, msg = line.partition(" ")
-            key = _ts_key(ts)
-            if self.last_ts is not None and key <= _ts_key(self.last_ts):
-                continue
-            self.last_ts = ts
-            self.log(f"[rank0] {msg}")
+            raise _api_error(f"delete {self.where(name)}", exc) from None
 
 
 # --------------------------------------------------------------------------- the launcher
@@ -448,12 +330,12 @@ def run_job(jobs: TrainingJobs, manifest: dict[str, Any], *, timeout_s: float, p
     with sigterm_raises():
         try:
             _, how = jobs.create_or_attach(manifest, log=log, **wait_kw)
-            log(f"{HOW[how]} {jobs._where(name)}")
+            log(f"{HOW[how]} {jobs.where(name)}")
             state = jobs.wait(name, timeout_s, poll_s, log=log, **wait_kw)
             ok = True
             return state
         except Terminated:
-            log(f"SIGTERM: deleting {jobs._where(name)} so its GPUs are released")
+            log(f"SIGTERM: deleting {jobs.where(name)} so its GPUs are released")
             try:
                 jobs.delete(name)
             except DataError as exc:
@@ -462,7 +344,7 @@ def run_job(jobs: TrainingJobs, manifest: dict[str, Any], *, timeout_s: float, p
         finally:
             if cleanup == "always" or (cleanup == "on_success" and ok):
                 try:
-                    log(f"deleted {jobs._where(name)}" if jobs.delete(name)
-                        else f"{jobs._where(name)} already gone")
+                    log(f"deleted {jobs.where(name)}" if jobs.delete(name)
+                        else f"{jobs.where(name)} already gone")
                 except DataError as exc:
                     log(f"cleanup: {exc}; delete it by hand")
