@@ -11,7 +11,7 @@ import pytest
 
 from egnet.cli import main
 from egnet.metrics.bootstrap import paired_bootstrap
-from egnet.registry.promotion import bootstrap_rules, decision_table, gate
+from egnet.registry.gate import bootstrap_rules, decision_table, gate
 from tests.support import tiny_args
 
 C = 19

@@ -29,7 +29,8 @@ import torch
 from egnet.cli import main
 from egnet.core.errors import EgnetError
 from egnet.registry.compare import compare_tables
-from egnet.registry.promotion import gate, move_champion
+from egnet.registry.gate import gate
+from egnet.registry.promotion import move_champion
 from egnet.registry.register import log_model
 from egnet.tracking.registered import CHALLENGER, CHAMPION, PREVIOUS, logged_model_id
 from egnet.tracking.runs import LINEAGE_TAGS
