@@ -147,8 +147,8 @@ def machine() -> str:
 
     model = platform.processor() or "?"
     try:
-        model = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
-                     if line.startswith("model name"))
+        with open("/proc/cpuinfo") as f:
+            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
     vals = np.random.default_rng(0).integers(0, 34 * 34, 512 * 1024).astype(np.int32)
