@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from cityscapesscripts.helpers.labels import id2label, trainId2label
 from cityscapesscripts.helpers.labels import labels as cs_labels
@@ -64,9 +65,14 @@ def test_inverse_mapping_palette_and_names():
 
 
 def test_bins_take_the_max_channel_wherever_it_is_contiguous_or_not():
-    """OpenCV's split/max path (contiguous images) and NumPy's (views) against ``img.max(2)``."""
-    img = np.random.default_rng(1).integers(0, 256, size=(29, 41, 3), dtype=np.uint8)
-    for im in (img, img[..., ::-1], img[:, ::2]):
-        expected = np.minimum(im.max(2).astype(np.int64) * 10 // 255, 9)
+    """OpenCV's split/max path (contiguous 3-channel images) and NumPy's (views, a 4th channel,
+    which is not colour) against the max of the first three channels."""
+    img = np.random.default_rng(1).integers(0, 256, size=(29, 41, 4), dtype=np.uint8)
+    rgb = np.ascontiguousarray(img[..., :3])
+    for im in (rgb, rgb[..., ::-1], rgb[:, ::2], img):
+        expected = np.minimum(im[..., :3].max(2).astype(np.int64) * 10 // 255, 9)
         assert np.array_equal(exposure.bin_index(im), expected)
-        np.testing.assert_allclose(exposure.value_map(im), im.max(2) / 255.0, rtol=1e-6)
+        if im.shape[2] == 3:
+            np.testing.assert_allclose(exposure.value_map(im), im.max(2) / 255.0, rtol=1e-6)
+    with pytest.raises(ValueError, match="HxWx3"):
+        exposure.value_map(img)
