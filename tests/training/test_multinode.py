@@ -31,6 +31,7 @@ import pytest
 import torch
 import yaml
 
+from egnet.core.config import load_config
 from egnet.core.storage import Location
 from egnet.training.checkpoint import read_checkpoint
 from tests.support import PARAMS, REPO, sets, subprocess_env, train_argv, wait_for
@@ -209,19 +210,20 @@ def test_pytorchjob_elastic_policy_reaches_torchrun_as_the_operator_sets_it(synt
     The PyTorchJob carries ``train.max_restarts`` as elasticPolicy, which Training Operator v1.9
     hands to torchrun as PET_* variables (tests/support/operators.py, from its Go source): the
     two-node test runs torchrun from exactly these, and the restart itself is torchrun's."""
+    restarts = load_config(PARAMS, "tiny", list(OVER)).train.max_restarts
+    assert restarts > 0
     manifest = render("pytorchjob", synth_root, split_dir, "s3://b/runs/x", "e")
-    assert manifest["spec"]["elasticPolicy"]["maxRestarts"] == 3
+    assert manifest["spec"]["elasticPolicy"]["maxRestarts"] == restarts
     cm = {"egnet-endpoints": dict.fromkeys(
         ("MLFLOW_TRACKING_URI", "S3_BUCKET", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL"), "x")}
     secrets = {"egnet-s3": dict.fromkeys(("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"), "x")}
     for _, env in local_pods(manifest, configmaps=cm, secrets=secrets, port=free_port()):
-        assert env["PET_MAX_RESTARTS"] == "3" and env["PET_RDZV_BACKEND"] == "c10d", env
+        assert env["PET_MAX_RESTARTS"] == str(restarts) and env["PET_RDZV_BACKEND"] == "c10d", env
         assert env["PET_NNODES"] == "2:2" and env["TORCH_DISABLE_SHARE_RDZV_TCP_STORE"] == "1", env
 
 
-@pytest.mark.parametrize("kind", ["trainjob"])
 def test_a_killed_worker_restarts_the_group_which_resumes_and_ends_bit_identical(
-        kind, synth_root, split_dir, moto_s3, mlflow_server, reference, cluster, monkeypatch):
+        synth_root, split_dir, moto_s3, mlflow_server, reference, cluster, monkeypatch):
     """``train.max_restarts`` in the manifest (TrainJob: torchrun --max-restarts with a c10d
     rendezvous on node 0; the PyTorchJob's elasticPolicy is checked above, without a run):
     node 1's worker process is SIGKILLed after the first checkpoint. Its agent restarts its
@@ -229,14 +231,13 @@ def test_a_killed_worker_restarts_the_group_which_resumes_and_ends_bit_identical
     failed on the broken collective), the group resumes from the last checkpoint and finishes:
     the weights are the uninterrupted run's bit for bit, and MLflow has one run with
     ``restarts`` = 1 (TORCHELASTIC_RESTART_COUNT, the largest over the ranks)."""
+    kind = "trainjob"
+    restarts = load_config(PARAMS, "tiny", list(OVER)).train.max_restarts
     bucket = moto_s3.bucket()
     out, experiment = f"s3://{bucket}/runs/{kind}-elastic", f"multinode-elastic-{kind}"
     manifest = render(kind, synth_root, split_dir, out, experiment)
-    if kind == "trainjob":
-        command = manifest["spec"]["trainer"]["command"]
-        assert "--max-restarts=3" in command and "--rdzv-backend=c10d" in command
-    else:
-        assert manifest["spec"]["elasticPolicy"]["maxRestarts"] == 3
+    command = manifest["spec"]["trainer"]["command"]
+    assert f"--max-restarts={restarts}" in command and "--rdzv-backend=c10d" in command
     c = cluster(manifest, bucket)
     c.start()
     s3 = moto_s3.client()
